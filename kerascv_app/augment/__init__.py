@@ -1,0 +1,1 @@
+"""Augmentation: whole-batch operations for tf.data (pipeline) and for the model (device)."""

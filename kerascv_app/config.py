@@ -1,0 +1,284 @@
+"""Typed, frozen experiment configuration.
+
+A recipe's ``get_config()`` returns a :class:`Config`. Every field has a type and a
+default; ``--set section.key=value`` overrides are parsed against those types, so a
+typo or a wrong type is refused with the field's name instead of failing deep inside
+training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from kerascv_app.errors import UserError
+
+
+class _Section:
+    """Checks every field's type first, so a recipe's wrong type is named, not a TypeError."""
+
+    section_name = ""
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
+                raise UserError(f"{self.section_name}.{f.name} = {value!r} has the wrong type: expected {type_name}")
+        self._validate()
+
+    def _validate(self):
+        pass
+
+
+def _has_type(value, annotation) -> bool:
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, tuple):
+            return False
+        item_types = typing.get_args(annotation)
+        if len(item_types) == 2 and item_types[1] is Ellipsis:
+            return all(_has_type(item, item_types[0]) for item in value)
+        return len(value) == len(item_types) and all(_has_type(v, t) for v, t in zip(value, item_types))
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    section_name = "data"
+
+    # Where the images come from: digits | fashion_mnist | idx:DIR | cifar10 | cifar100 |
+    # cifar10:PATH | folder:PATH (a class-per-folder tree or a .tar/.tar.gz of one) | tfds:NAME.
+    source: str = "digits"
+    # Images are resized to this (height, width) and converted to this many channels.
+    image_size: tuple[int, int] = (32, 32)
+    channels: int = 3
+    # Held out from the training data, stratified by class and seeded by train.seed.
+    val_fraction: float = 0.1
+    # Used only when the source has no test split of its own.
+    test_fraction: float = 0.2
+    batch_size: int = 128
+    # "memory" keeps decoded images in RAM after the first epoch; "none" streams from
+    # files every epoch (for datasets larger than memory); any other value is a file prefix.
+    cache: str = "memory"
+    shuffle_buffer: int = 10_000
+    # Keep only these classes (by name), in this order; empty keeps all.
+    classes: tuple[str, ...] = ()
+    # Caps on the number of images (0 = all): --smoke uses them for quick runs.
+    max_train: int = 0
+    max_eval: int = 0
+
+    def _validate(self):
+        _check(len(self.image_size) == 2 and min(self.image_size) > 0, "data.image_size", self.image_size, "two positive integers, e.g. 32,32")
+        _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a fraction in (0, 1)")
+        _check(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
+        _check(self.shuffle_buffer > 0, "data.shuffle_buffer", self.shuffle_buffer, "a positive integer")
+        _check(self.max_train >= 0 and self.max_eval >= 0, "data.max_train/max_eval", (self.max_train, self.max_eval), "0 (all) or a positive count")
+
+
+@dataclass(frozen=True)
+class AugmentConfig(_Section):
+    section_name = "augment"
+
+    # Random horizontal flip with probability 1/2.
+    horizontal_flip: bool = False
+    # Pad by this many pixels (reflect) and crop back at a random position; 0 is off.
+    crop_padding: int = 0
+    # "pipeline": tf.data on the CPU; "device": inside the model, active only in training.
+    placement: str = "pipeline"
+    # Pixel scaling baked into the model: "symmetric" maps [0, 255] to [-1, 1] (the
+    # source's Normalize((0.5,)*3, (0.5,)*3)), "unit" to [0, 1], "none" keeps [0, 255].
+    normalization: str = "symmetric"
+
+    def _validate(self):
+        _check(self.crop_padding >= 0, "augment.crop_padding", self.crop_padding, "0 (off) or a positive number of pixels")
+        _check(self.placement in ("pipeline", "device"), "augment.placement", self.placement, "'pipeline' or 'device'")
+        _check(self.normalization in ("symmetric", "unit", "none"), "augment.normalization", self.normalization, "'symmetric', 'unit' or 'none'")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    section_name = "model"
+
+    # A name from the model registry: see `kcv models`.
+    name: str = "seed_cnn"
+    # Options; each builder uses those that apply to it.
+    dropout: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    width: int = 16  # resnet: channels of the first stage
+    depth: int = 20  # resnet: 6n+2 layers
+    hidden_units: int = 512  # seed_cnn: fully connected layer size
+    extra_pooling: bool = True  # seed_cnn: the third pooling that fixes the source's view() bug
+
+    def _validate(self):
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a rate in [0, 1)")
+        _check(self.l1 >= 0.0, "model.l1", self.l1, "a non-negative factor")
+        _check(self.l2 >= 0.0, "model.l2", self.l2, "a non-negative factor")
+        _check(self.width > 0, "model.width", self.width, "a positive integer")
+        _check(self.depth > 0, "model.depth", self.depth, "a positive integer")
+        _check(self.hidden_units > 0, "model.hidden_units", self.hidden_units, "a positive integer")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    section_name = "train"
+
+    epochs: int = 10
+    optimizer: str = "sgd"  # sgd | adamw
+    learning_rate: float = 0.01  # peak rate, per batch of data.batch_size images
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # decoupled, applied by the optimizer
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up for cosine
+    label_smoothing: float = 0.0
+    # Stop when the validation loss has not improved for this many epochs; 0 is off.
+    early_stopping_patience: int = 0
+    # Evaluate and save the weights of the best validation epoch instead of the last.
+    keep_best: bool = False
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
+    # auto: none on one device, MirroredStrategy (TensorFlow) or DataParallel (JAX) on several GPUs.
+    distribution: str = "auto"  # auto | none | mirrored | data_parallel
+    seed: int = 0
+
+    def _validate(self):
+        _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
+        _check(self.optimizer in ("sgd", "adamw"), "train.optimizer", self.optimizer, "'sgd' or 'adamw'")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")
+        _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a value in [0, 1)")
+        _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "a non-negative factor")
+        _check(self.schedule in ("constant", "cosine", "onecycle"), "train.schedule", self.schedule, "'constant', 'cosine' or 'onecycle'")
+        _check(0.0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0, "train.warmup_epochs", self.warmup_epochs, "fewer epochs than train.epochs")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a value in [0, 1)")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience, "0 (off) or a positive number of epochs")
+        _check(self.precision in PRECISIONS, "train.precision", self.precision, " or ".join(PRECISIONS))
+        _check(self.distribution in ("auto", "none", "mirrored", "data_parallel"), "train.distribution", self.distribution, "auto, none, mirrored or data_parallel")
+
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        sections = {}
+        for section in dataclasses.fields(cls):
+            if section.name == "name":
+                continue
+            section_type = _section_types()[section.name]
+            raw = dict(values.get(section.name, {}))
+            typed = {f.name: _coerce(raw[f.name], _field_type(section_type, f.name), f"{section.name}.{f.name}") for f in dataclasses.fields(section_type) if f.name in raw}
+            sections[section.name] = section_type(**typed)
+        return cls(name=values.get("name", "experiment"), **sections)
+
+    def with_overrides(self, assignments: list[str]) -> "Config":
+        """Applies ``section.key=value`` strings, each parsed by the field's type."""
+        config = self
+        for assignment in assignments:
+            key, separator, text = assignment.partition("=")
+            section_name, dot, field_name = key.strip().partition(".")
+            if not separator or not dot:
+                raise UserError(f"--set {assignment!r}: expected section.key=value, e.g. train.epochs=5")
+            section_type = _section_types().get(section_name)
+            if section_type is None:
+                raise UserError(f"--set {assignment!r}: unknown section {section_name!r}; sections are {', '.join(_section_types())}")
+            names = [f.name for f in dataclasses.fields(section_type)]
+            if field_name not in names:
+                raise UserError(f"--set {assignment!r}: {section_name} has no field {field_name!r}; fields are {', '.join(names)}")
+            value = _parse_text(text.strip(), _field_type(section_type, field_name), key)
+            section = dataclasses.replace(getattr(config, section_name), **{field_name: value})
+            config = dataclasses.replace(config, **{section_name: section})
+        return config
+
+    def smoke(self) -> "Config":
+        """The same experiment shrunk to a few hundred images and one epoch."""
+        return dataclasses.replace(
+            self,
+            data=dataclasses.replace(self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"),
+            train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0),
+        )
+
+
+def _section_types() -> dict[str, type]:
+    return {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _field_type(section_type: type, name: str):
+    return typing.get_type_hints(section_type)[name]
+
+
+def _check(condition: bool, field_name: str, value, expected: str) -> None:
+    if not condition:
+        raise UserError(f"{field_name} = {value!r} is invalid: expected {expected}")
+
+
+def _parse_text(text: str, annotation, key: str):
+    """Parses a --set value written on the command line."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        return _coerce(items, annotation, key)
+    return _coerce(text, annotation, key)
+
+
+def _coerce(value, annotation, key: str):
+    """Converts a value from JSON or text to the field's type, or refuses it by name."""
+    origin = typing.get_origin(annotation)
+    try:
+        if origin is tuple:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise TypeError
+            item_types = typing.get_args(annotation)
+            if len(item_types) == 2 and item_types[1] is Ellipsis:
+                return tuple(_coerce(item, item_types[0], key) for item in value)
+            if len(value) != len(item_types):
+                raise TypeError
+            return tuple(_coerce(item, item_type, key) for item, item_type in zip(value, item_types))
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{key} = {value!r} has the wrong type: expected {type_name}")

@@ -1,0 +1,148 @@
+"""What every data source returns: labelled splits that tf.data can stream.
+
+A source hands back an :class:`ImageSplit` per split. The split knows its labels (for
+stratified validation hold-out and class counts) and how to become a
+``tf.data.Dataset`` of ``(element, label)`` pairs, where the element is either a decoded
+``uint8`` image (small datasets held as arrays) or encoded image bytes (files, TFDS),
+decoded later in the pipeline, so that a dataset larger than memory streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerascv_app.errors import UserError
+
+
+class ImageSplit:
+    """One split of labelled images. Subclasses decide where the pixels live."""
+
+    #: "decoded" elements are uint8 HxWxC arrays; "encoded" elements are image file bytes.
+    element_kind = "decoded"
+
+    def __init__(self, labels: np.ndarray, ids: np.ndarray):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        # Stable identifiers (file paths, array indices): splits are fingerprinted by them.
+        self.ids = np.asarray(ids)
+        if len(self.labels) != len(self.ids):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.ids)} ids")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "ImageSplit":
+        raise NotImplementedError
+
+    def to_dataset(self):
+        """A tf.data.Dataset of (element, int64 label), in this split's order."""
+        raise NotImplementedError
+
+
+class ArraySplit(ImageSplit):
+    """Decoded images held in memory: bundled digits, IDX files, CIFAR batches."""
+
+    element_kind = "decoded"
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None):
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., np.newaxis]
+        if images.dtype != np.uint8:
+            raise ValueError(f"ArraySplit needs uint8 images, got {images.dtype}")
+        super().__init__(labels, np.arange(len(images)) if ids is None else ids)
+        self.images = images
+
+    def subset(self, indices):
+        return ArraySplit(self.images[indices], self.labels[indices], self.ids[indices])
+
+    def to_dataset(self):
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices((self.images, self.labels))
+
+
+class FileSplit(ImageSplit):
+    """Encoded image files on disk, read one by one while training (streams)."""
+
+    element_kind = "encoded"
+
+    def __init__(self, paths: np.ndarray, labels: np.ndarray):
+        paths = np.asarray([str(p) for p in paths], dtype=object)
+        super().__init__(labels, paths)
+        self.paths = paths
+
+    def subset(self, indices):
+        return FileSplit(self.paths[indices], self.labels[indices])
+
+    def to_dataset(self):
+        import tensorflow as tf
+
+        paths = tf.constant(self.paths.astype(str) if len(self.paths) else np.zeros([0], dtype=str))
+        dataset = tf.data.Dataset.from_tensor_slices((paths, self.labels))
+        return dataset.map(lambda path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclass
+class LoadedData:
+    """A source's answer: class names, the splits it has, and what it skipped."""
+
+    name: str
+    class_names: list[str]
+    train: ImageSplit
+    # None when the source has no test split: one is then held out from train.
+    test: ImageSplit | None
+    # Whether the source provides a validation split of its own (e.g. some TFDS datasets).
+    validation: ImageSplit | None = None
+    # Files that could not be read, skipped and reported.
+    skipped: list[str] = field(default_factory=list)
+    # What identifies the underlying data (contents or file list), for run records and ensembles.
+    fingerprint: str = ""
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_ids(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        for item in np.asarray(part).ravel():
+            digest.update(str(item).encode())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def select_classes(data: LoadedData, wanted: tuple[str, ...]) -> LoadedData:
+    """Keeps only the named classes, relabelled 0..k-1 in the order given."""
+    if not wanted:
+        return data
+    unknown = [name for name in wanted if name not in data.class_names]
+    if unknown:
+        raise UserError(f"data.classes names {unknown} which {data.name} does not have; its classes are {data.class_names}")
+    old_to_new = {data.class_names.index(name): new for new, name in enumerate(wanted)}
+
+    def keep(split):
+        if split is None:
+            return None
+        indices = np.flatnonzero(np.isin(split.labels, list(old_to_new)))
+        kept = split.subset(indices)
+        kept.labels = np.array([old_to_new[label] for label in kept.labels], dtype=np.int64)
+        return kept
+
+    return LoadedData(
+        name=data.name,
+        class_names=list(wanted),
+        train=keep(data.train),
+        test=keep(data.test),
+        validation=keep(data.validation),
+        skipped=data.skipped,
+        fingerprint=fingerprint_ids([data.fingerprint], wanted),
+    )

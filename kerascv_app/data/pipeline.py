@@ -1,0 +1,90 @@
+"""The tf.data pipeline: read, decode, resize, cache, shuffle, batch, augment, prefetch.
+
+Images leave the pipeline as ``uint8`` batches at the recipe's size; scaling to floats
+happens inside the model, so that prediction and export apply the same preprocessing.
+Labels leave as one-hot ``float32`` so that label smoothing (and mixed labels) work.
+Every ``map`` runs with ``num_parallel_calls=AUTOTUNE``.
+"""
+
+from __future__ import annotations
+
+from kerascv_app.config import AugmentConfig, DataConfig
+from kerascv_app.data.base import ImageSplit
+
+
+def decode_image(encoded, image_size: tuple[int, int], channels: int):
+    """Decodes JPEG/PNG/BMP/GIF bytes of any size and colour mode to uint8 at ``image_size``."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False, dtype=tf.uint8)
+    return resize_image(image, image_size)
+
+
+def resize_image(image, image_size: tuple[int, int]):
+    """Resizes a uint8 HxWxC image unless it already has the size (the common case)."""
+    import tensorflow as tf
+
+    height, width = image_size
+
+    def resize():
+        resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    same_size = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
+    image = tf.cond(same_size, lambda: image, resize)
+    return tf.ensure_shape(image, (height, width, image.shape[-1]))
+
+
+def _match_channels(image, channels: int):
+    import tensorflow as tf
+
+    if image.shape[-1] == channels:
+        return image
+    if channels == 3:
+        return tf.image.grayscale_to_rgb(image)
+    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
+
+
+def make_dataset(
+    split: ImageSplit,
+    num_classes: int,
+    data: DataConfig,
+    augment: AugmentConfig | None = None,
+    training: bool = False,
+    seed: int = 0,
+):
+    """Builds the batched dataset for one split.
+
+    ``training`` turns on shuffling, pipeline augmentation and drops nothing: the last
+    partial batch is kept so that every image is seen each epoch.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    dataset = split.to_dataset()
+    if split.element_kind == "encoded":
+        dataset = dataset.map(
+            lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label),
+            num_parallel_calls=autotune,
+        )
+    else:
+        dataset = dataset.map(
+            lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label),
+            num_parallel_calls=autotune,
+        )
+    if data.cache == "memory":
+        dataset = dataset.cache()
+    elif data.cache != "none":
+        dataset = dataset.cache(data.cache)
+    if training:
+        dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)
+    if training and augment is not None and augment.placement == "pipeline":
+        from kerascv_app.augment.pipeline import augment_batches
+
+        dataset = augment_batches(dataset, augment, seed)
+    dataset = dataset.map(
+        lambda images, labels: (images, tf.one_hot(labels, num_classes, dtype=tf.float32)),
+        num_parallel_calls=autotune,
+    )
+    return dataset.prefetch(autotune)
