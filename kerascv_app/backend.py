@@ -29,7 +29,7 @@ def select_backend(requested: str | None = None) -> str:
     os.environ["KERAS_BACKEND"] = name
     # TensorFlow is used for tf.data under every backend: keep it off the GPU and quiet
     # so that JAX or torch own the accelerator.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if name != "tensorflow":
         _hide_gpus_from_tensorflow()
     return name

@@ -1,0 +1,50 @@
+"""From a config to ready datasets: load the source, pick classes, split, build tf.data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from kerascv_app.config import Config
+from kerascv_app.data.base import LoadedData, select_classes
+from kerascv_app.data.pipeline import make_dataset
+from kerascv_app.data.sources import load_source
+from kerascv_app.data.splits import Splits, make_splits
+
+
+@dataclass
+class PreparedData:
+    data: LoadedData
+    splits: Splits
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.class_names)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, math.ceil(len(self.splits.train) / batch_size))
+
+
+def prepare_data(config: Config, data_dir: str | Path | None) -> PreparedData:
+    data = load_source(config.data.source, data_dir)
+    data = select_classes(data, config.data.classes)
+    return PreparedData(data=data, splits=make_splits(data, config.data, config.train.seed))
+
+
+def training_datasets(prepared: PreparedData, config: Config):
+    """The shuffled, augmented training set and the plain validation set."""
+    train = make_dataset(prepared.splits.train, prepared.num_classes, config.data, config.augment, training=True, seed=config.train.seed)
+    validation = evaluation_dataset(prepared, config, "validation")
+    return train, validation
+
+
+def evaluation_dataset(prepared: PreparedData, config: Config, split_name: str):
+    split = getattr(prepared.splits, split_name)
+    if len(split) == 0:
+        return None
+    return make_dataset(split, prepared.num_classes, config.data, training=False)

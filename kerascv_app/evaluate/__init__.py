@@ -1,0 +1,1 @@
+"""Metrics, predictions and plots of a trained model."""

@@ -1,0 +1,80 @@
+"""Evaluation of a run: predictions, metrics and plots written into its directory."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from kerascv_app.config import Config
+from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data
+from kerascv_app.errors import UserError
+from kerascv_app.evaluate.metrics import classification_metrics, confusion_matrix, predict_probabilities
+from kerascv_app.evaluate.plots import plot_confusion_matrix, plot_curves
+from kerascv_app.runs import RunDirectory
+
+
+def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: Config) -> dict:
+    """Predicts validation and test splits, saves predictions, metrics.json and plots."""
+    run.predictions_dir.mkdir(exist_ok=True)
+    metrics = {}
+    for split_name, file_name in (("validation", "val"), ("test", "test")):
+        dataset = evaluation_dataset(prepared, config, split_name)
+        if dataset is None:
+            metrics[split_name] = {"count": 0}
+            continue
+        probabilities, labels = predict_probabilities(model, dataset)
+        np.savez_compressed(run.predictions_dir / f"{file_name}.npz", probabilities=probabilities, labels=labels, class_names=np.array(prepared.class_names))
+        metrics[split_name] = classification_metrics(probabilities, labels, prepared.class_names)
+        if split_name == "test":
+            matrix = confusion_matrix(probabilities, labels, prepared.num_classes)
+            plot_confusion_matrix(matrix, prepared.class_names, run.file("confusion_matrix.png"))
+    run.write_json("metrics.json", metrics)
+    plot_curves(read_history(run.file("history.csv")), run.file("curves.png"))
+    return metrics
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in (rows[0].keys() if rows else [])}
+
+
+def load_run_model(run: RunDirectory):
+    """Loads ``model.keras`` under the precision policy it was trained with."""
+    import keras
+
+    from kerascv_app import backend as backend_module
+
+    config = Config.from_dict(run.read_json("config.json"))
+    path = run.model_path
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the run did not finish (status {run.status()}); resume it with kcv fit --resume {run.path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path} is not a valid .keras file (truncated or corrupt): retrain or restore the file")
+    backend_module.set_precision(config.train.precision)
+    # Importing registers the custom layers and schedules the file may name.
+    import kerascv_app.augment.device  # noqa: F401
+    import kerascv_app.train.optim  # noqa: F401
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # A damaged archive fails in many ways; report it in one line.
+        raise UserError(f"{path} cannot be loaded ({type(error).__name__}: {error}): retrain or restore the file")
+    return config, model
+
+
+def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None) -> dict:
+    """Recomputes the test metrics of a finished run from its saved model."""
+    config, model = load_run_model(run)
+    environment = run.read_json("environment.json")
+    prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))
+    recorded = run.read_json("splits.json")
+    if prepared.splits.record()["test_fingerprint"] != recorded["test_fingerprint"]:
+        raise UserError(f"the test images found now differ from those {run.path} was evaluated on: pass the --data-dir it was trained with")
+    probabilities, labels = predict_probabilities(model, evaluation_dataset(prepared, config, "test"))
+    return classification_metrics(probabilities, labels, prepared.class_names)

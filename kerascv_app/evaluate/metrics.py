@@ -1,0 +1,52 @@
+"""Predictions and metrics computed in NumPy from probabilities, the same on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the model over a dataset of (images, one-hot labels): probabilities and labels."""
+    import keras
+
+    probabilities, labels = [], []
+    for images, one_hot in dataset.as_numpy_iterator():
+        logits = keras.ops.convert_to_numpy(model(images, training=False))
+        probabilities.append(softmax(logits.astype(np.float64)))
+        labels.append(one_hot.argmax(axis=-1))
+    if not probabilities:
+        return np.zeros((0, model.output_shape[-1]), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(probabilities).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, cross-entropy loss, top-5 accuracy (more than 5 classes) and per-class accuracy."""
+    if len(labels) == 0:
+        return {"count": 0}
+    predicted = probabilities.argmax(axis=-1)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
+    metrics = {
+        "count": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-np.log(picked).mean()),
+    }
+    if len(class_names) > 5:
+        top5 = np.argsort(-probabilities, axis=-1)[:, :5]
+        metrics["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=-1).mean())
+    metrics["per_class_accuracy"] = {
+        name: float((predicted[labels == index] == index).mean()) if np.any(labels == index) else None
+        for index, name in enumerate(class_names)
+    }
+    return metrics
+
+
+def confusion_matrix(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
+
+    return sklearn_confusion_matrix(labels, probabilities.argmax(axis=-1), labels=list(range(num_classes)))

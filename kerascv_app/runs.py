@@ -1,0 +1,149 @@
+"""The run directory: everything needed to trust, repeat and reuse one training run.
+
+    runs/<recipe>-<timestamp>/
+      run.json              status (running, finished, failed, interrupted), recipe, backend, times
+      config.json           the resolved config (recipe plus overrides)
+      recipe.py             a copy of the recipe source
+      environment.json      versions, backend, precision, devices, seed, data fingerprint
+      splits.json           split sizes and fingerprints (ensembles need equal splits)
+      history.csv           one row per epoch
+      metrics.json          validation and test metrics
+      model.keras           the trained model
+      predictions/val.npz   probabilities and labels (ensembles are built from these)
+      predictions/test.npz
+      confusion_matrix.png, curves.png, tensorboard/
+      backup/               Keras BackupAndRestore state while the run is unfinished
+
+A run is finished only when ``run.json`` says so; that line is written last.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from pathlib import Path
+
+from kerascv_app.errors import UserError
+
+STATUS_FILE = "run.json"
+
+
+def write_json_atomically(path: Path, value) -> None:
+    """Writes through a temporary file and a rename, so a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # Creating and opening
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, recipe_name: str) -> "RunDirectory":
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            suffix = f"-{attempt}" if attempt else ""
+            path = runs_dir / f"{recipe_name}-{stamp}{suffix}"
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise UserError(f"cannot create a run directory in {runs_dir}: too many runs named {recipe_name}-{stamp}")
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDirectory":
+        """Opens an existing run directory, or refuses clearly."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise UserError(f"run directory {run.path} does not exist: give a folder made by kcv fit (see kcv runs)")
+        if not (run.path / STATUS_FILE).is_file() or not (run.path / "config.json").is_file():
+            raise UserError(f"{run.path} is not a run directory (no {STATUS_FILE} or config.json): give a folder made by kcv fit")
+        try:
+            run.status_record()
+        except ValueError:
+            raise UserError(f"{run.path / STATUS_FILE} is corrupt: this run directory cannot be used")
+        return run
+
+    # Status
+
+    def status_record(self) -> dict:
+        return json.loads((self.path / STATUS_FILE).read_text())
+
+    def set_status(self, status: str, **fields) -> None:
+        record = {}
+        if (self.path / STATUS_FILE).is_file():
+            record = self.status_record()
+        record.update(fields)
+        record["status"] = status
+        record["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
+        if status == "running":
+            record["pid"] = os.getpid()
+            record["host"] = socket.gethostname()
+        write_json_atomically(self.path / STATUS_FILE, record)
+
+    def status(self) -> str:
+        """finished, failed, running, or interrupted (said running, but its process is gone)."""
+        record = self.status_record()
+        status = record.get("status", "unknown")
+        if status == "running" and record.get("host") == socket.gethostname() and not _process_alive(record.get("pid")):
+            return "interrupted"
+        return status
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status() == "finished"
+
+    # Files
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_json(self, name: str, value) -> None:
+        write_json_atomically(self.path / name, value)
+
+    def read_json(self, name: str) -> dict:
+        path = self.path / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing: the run did not finish (see kcv runs), resume it with kcv fit --resume {self.path}")
+        return json.loads(path.read_text())
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.keras"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.path / "backup"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.path / "predictions"
+
+
+def _process_alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_runs(runs_dir: str | Path) -> list[RunDirectory]:
+    """Run directories directly under ``runs_dir``, oldest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"runs folder {runs_dir} does not exist: pass the folder given to kcv fit --runs-dir")
+    runs = [RunDirectory(p) for p in sorted(runs_dir.iterdir()) if (p / STATUS_FILE).is_file()]
+    return sorted(runs, key=lambda run: run.path.stat().st_mtime)

@@ -1,0 +1,1 @@
+"""Training: optimizers and schedules, callbacks, and the fit driver."""
