@@ -1,0 +1,158 @@
+"""Every kind of bad input: one clear line, exit code 2, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT, assert_one_line_error, run_kcv
+
+DIGITS = REPO_ROOT / "recipes" / "digits.py"
+
+GOOD_RECIPE = '''
+from kerascv_app.config import Config, DataConfig, ModelConfig, TrainConfig
+
+def get_config():
+    return Config(name="tiny", data=DataConfig(source={source!r}, image_size=(8, 8), channels={channels}, batch_size=8),
+                  model=ModelConfig(name={model!r}, hidden_units=8), train=TrainConfig(epochs=1))
+'''
+
+
+def write_recipe(folder, text: str):
+    path = folder / "recipe.py"
+    path.write_text(text)
+    return path
+
+
+def fit_fails(tmp_path, *arguments, fragments=()):
+    runs = tmp_path / "runs"
+    result = run_kcv("fit", *arguments, "--runs-dir", runs, "--quiet")
+    assert_one_line_error(result, *fragments)
+    # Nothing half-written: no run directory was created.
+    assert not runs.exists() or not any(runs.iterdir())
+    return result
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("def get_config(:\n", ["syntax error at line 1"]),
+        ("x = 1\n", ["defines no get_config()"]),
+        ("def get_config():\n    return {'name': 'x'}\n", ["returned dict"]),
+        (
+            "from kerascv_app.config import Config, DataConfig\n\ndef get_config():\n    return Config(data=DataConfig(sauce='digits'))\n",
+            ["line 4", "sauce"],
+        ),
+        (
+            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n    return Config(train=TrainConfig(epochs='ten'))\n",
+            ["train.epochs", "wrong type", "int"],
+        ),
+        (
+            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n    return Config(train=TrainConfig(epochs=-1))\n",
+            ["train.epochs", "-1"],
+        ),
+    ],
+    ids=["syntax", "no-get-config", "wrong-return", "unknown-key", "wrong-type", "bad-value"],
+)
+def test_broken_recipes(tmp_path, text, fragments):
+    fit_fails(tmp_path, write_recipe(tmp_path, text), fragments=fragments)
+
+
+def test_missing_recipe(tmp_path):
+    fit_fails(tmp_path, tmp_path / "nope.py", fragments=["nope.py not found"])
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.epocs=3", ["no field 'epocs'"]),
+        ("training.epochs=3", ["unknown section 'training'"]),
+        ("train.epochs=three", ["train.epochs", "wrong type"]),
+        ("train.epochs", ["expected section.key=value"]),
+        ("data.image_size=8", ["data.image_size"]),
+    ],
+)
+def test_bad_overrides(tmp_path, override, fragments):
+    fit_fails(tmp_path, DIGITS, "--set", override, fragments=fragments)
+
+
+def test_unknown_model(tmp_path):
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source="digits", channels=1, model="alexnet"))
+    fit_fails(tmp_path, recipe, fragments=["model.name = 'alexnet'", "seed_cnn"])
+
+
+def test_unknown_dataset(tmp_path):
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source="imagenette", channels=1, model="seed_cnn"))
+    fit_fails(tmp_path, recipe, fragments=["data.source = 'imagenette'"])
+
+
+def test_missing_data_path(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{missing}", channels=3, model="seed_cnn"))
+    fit_fails(tmp_path, recipe, fragments=[str(missing)])
+
+
+def write_image_tree(root, classes=("cat", "dog"), per_class=6):
+    random = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.fromarray(random.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(root / name / f"{index}.png")
+
+
+def test_empty_class_folder(tmp_path):
+    images = tmp_path / "images"
+    write_image_tree(images)
+    (images / "bird").mkdir()
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{images}", channels=3, model="seed_cnn"))
+    fit_fails(tmp_path, recipe, fragments=["bird"])
+
+
+def test_folder_of_only_corrupt_images(tmp_path):
+    images = tmp_path / "images"
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        (images / name / "broken.jpg").write_bytes(b"this is not a jpeg")
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{images}", channels=3, model="seed_cnn"))
+    fit_fails(tmp_path, recipe, fragments=[str(images)])
+
+
+def test_corrupt_images_among_good_ones_are_skipped_and_named(tmp_path):
+    images = tmp_path / "images"
+    write_image_tree(images, per_class=10)
+    (images / "cat" / "truncated.jpg").write_bytes((images / "cat" / "0.png").read_bytes()[:10])
+    Image.new("RGB", (9, 9)).save(images / "dog" / "cut.jpg")
+    (images / "dog" / "cut.jpg").write_bytes((images / "dog" / "cut.jpg").read_bytes()[:-40])
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{images}", channels=3, model="seed_cnn"))
+    result = run_kcv("fit", recipe, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "truncated.jpg" in result.stderr and "cut.jpg" in result.stderr and "2" in result.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    skipped = json.loads((run_dir / "environment.json").read_text())["skipped_files"]
+    assert sorted(path.rsplit("/", 1)[-1] for path in skipped) == ["cut.jpg", "truncated.jpg"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "resume"])
+def test_a_folder_that_is_not_a_run_directory(tmp_path, command):
+    (tmp_path / "something").mkdir()
+    arguments = ["evaluate", tmp_path / "something"] if command == "evaluate" else ["fit", "--resume", tmp_path / "something"]
+    assert_one_line_error(run_kcv(*arguments), "not a run directory")
+    assert_one_line_error(run_kcv("evaluate", tmp_path / "missing"), "does not exist")
+
+
+def test_corrupt_model_file(tmp_path):
+    result = run_kcv("fit", DIGITS, "--smoke", "--runs-dir", tmp_path / "runs", "--quiet")
+    assert result.returncode == 0, result.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    model = run_dir / "model.keras"
+    model.write_bytes(model.read_bytes()[:100])
+    assert_one_line_error(run_kcv("evaluate", run_dir), "model.keras", "corrupt")
+
+
+def test_unknown_backend_and_runs_folder(tmp_path):
+    assert_one_line_error(run_kcv("runs", tmp_path / "nowhere"), "does not exist")
+    result = run_kcv("fit", DIGITS, "--runs-dir", tmp_path / "runs", env={"KERAS_BACKEND": "theano"})
+    assert_one_line_error(result, "theano")

@@ -1,0 +1,130 @@
+"""kcv fit / evaluate / runs through the real command line, on the backend under test."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import BACKEND, CIFAR10_JPEG, FASHION_MNIST_DIR, REPO_ROOT, assert_one_line_error, run_kcv
+
+RUN_FILES = [
+    "run.json", "config.json", "recipe.py", "environment.json", "splits.json", "history.csv", "metrics.json",
+    "model.keras", "predictions/val.npz", "predictions/test.npz", "confusion_matrix.png", "curves.png",
+]
+
+
+def only_run(runs_dir):
+    runs = [path for path in runs_dir.iterdir() if path.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def assert_complete_run(run_dir, recipe_name: str, num_classes: int):
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").rglob("*tfevents*"))
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "finished" and status["recipe"] == recipe_name and status["backend"] == BACKEND
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["backend"] == BACKEND and environment["precision"] == "float32"
+    assert environment["data_fingerprint"] and environment["versions"]["keras"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("validation", "test"):
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0 and metrics[split]["loss"] > 0
+        assert len(metrics[split]["per_class_accuracy"]) == num_classes
+        assert ("top5_accuracy" in metrics[split]) == (num_classes > 5)
+    test = np.load(run_dir / "predictions" / "test.npz")
+    assert test["probabilities"].shape == (metrics["test"]["count"], num_classes)
+    np.testing.assert_allclose(test["probabilities"].sum(axis=1), 1.0, atol=1e-4)
+    assert np.isclose((test["probabilities"].argmax(1) == test["labels"]).mean(), metrics["test"]["accuracy"])
+    return metrics
+
+
+def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(tmp_path):
+    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--runs-dir", tmp_path / "runs", "--set", "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    metrics = assert_complete_run(run_dir, "digits", 10)
+    # Three epochs on digits already learn: far above the 10% of chance.
+    assert metrics["test"]["accuracy"] > 0.6
+    with open(run_dir / "history.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+
+    evaluated = run_kcv("evaluate", run_dir, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+
+    listed = run_kcv("runs", tmp_path / "runs")
+    assert listed.returncode == 0 and run_dir.name in listed.stdout and "finished" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    "recipe, extra, num_classes",
+    [
+        ("digits.py", [], 10),
+        ("fashion_mnist.py", ["--data-dir", FASHION_MNIST_DIR], 10),
+        ("cifar10_baseline.py", ["--set", "data.source=cifar10:{cifar}"], 10),
+        ("cifar10_resnet.py", ["--set", "data.source=cifar10:{cifar}", "--set", "model.depth=8"], 10),
+    ],
+)
+def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, recipe, extra, num_classes):
+    arguments = [str(argument).format(cifar=cifar10_archive) for argument in extra]
+    result = run_kcv("fit", REPO_ROOT / "recipes" / recipe, "--smoke", "--runs-dir", tmp_path / "runs", *arguments)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    assert_complete_run(run_dir, recipe.removesuffix(".py"), num_classes)
+    evaluated = run_kcv("evaluate", run_dir, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
+@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason="the CIFAR-10 JPEG copy is not beside this checkout")
+def test_cifar10_baseline_smoke_on_the_real_jpeg_copy(tmp_path):
+    result = run_kcv(
+        "fit", REPO_ROOT / "recipes" / "cifar10_baseline.py", "--smoke", "--runs-dir", tmp_path / "runs",
+        "--set", f"data.source=folder:{CIFAR10_JPEG}",
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    assert_complete_run(run_dir, "cifar10_baseline", 10)
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["class_names"] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_resume_after_a_forced_kill_completes_the_run(tmp_path):
+    recipe = REPO_ROOT / "recipes" / "digits.py"
+    killed = run_kcv("fit", recipe, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=3", "--quiet", env={"KCV_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode != 0
+    run_dir = only_run(tmp_path / "runs")
+    # Killed: not finished, not mistaken for finished, no metrics.
+    assert not (run_dir / "metrics.json").exists()
+    listed = run_kcv("runs", tmp_path / "runs")
+    assert "interrupted" in listed.stdout and "finished" not in listed.stdout
+    refused = run_kcv("evaluate", run_dir)
+    assert_one_line_error(refused, "did not finish")
+
+    resumed = run_kcv("fit", "--resume", run_dir, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_complete_run(run_dir, "digits", 10)
+    with open(run_dir / "history.csv") as handle:
+        epochs = [row["epoch"] for row in csv.DictReader(handle)]
+    # Epochs 1 and 2 come from before the kill; only the third was trained after it.
+    assert epochs == ["0", "1", "2"]
+    assert not (run_dir / "backup").exists()
+
+
+def test_precision_and_seed_flags_are_recorded(tmp_path):
+    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--runs-dir", tmp_path / "runs", "--precision", "mixed_bfloat16", "--seed", "7")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    environment = json.loads((run_dir / "environment.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert environment["precision"] == "mixed_bfloat16" and environment["seed"] == 7
+    assert config["train"]["precision"] == "mixed_bfloat16" and config["train"]["seed"] == 7
+    # The model reloads under its policy: evaluate gives the recorded accuracy.
+    evaluated = run_kcv("evaluate", run_dir, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    recorded = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(recorded, abs=1e-6)
