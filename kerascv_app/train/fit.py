@@ -100,6 +100,8 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
             epochs=config.train.epochs,
             callbacks=_callbacks(run, config, prepared, show_progress, has_validation=validation_dataset is not None),
             verbose=0,
+            # The dataset is already shuffled by tf.data; Keras cannot shuffle a dataset.
+            shuffle=False,
         )
     except KeyboardInterrupt:
         run.set_status("interrupted")
@@ -124,12 +126,14 @@ def _callbacks(run: RunDirectory, config: Config, prepared: PreparedData, show_p
     import keras
 
     from kerascv_app.train.progress import RichProgress
+    from kerascv_app.train.timing import EpochTimer
 
     monitor_loss = "val_loss" if has_validation else "loss"
     monitor_accuracy = "val_accuracy" if has_validation else "accuracy"
     callbacks = [
         # Restores weights, optimizer state and epoch after a crash; deleted at the end.
         keras.callbacks.BackupAndRestore(str(run.backup_dir), save_freq="epoch", delete_checkpoint=False),
+        EpochTimer(len(prepared.splits.train)),
         keras.callbacks.CSVLogger(str(run.file("history.csv")), append=True),
         keras.callbacks.TensorBoard(str(run.file("tensorboard")), write_graph=False, profile_batch=0),
         # Raising keeps the backup, so a diverged run can be resumed with other settings.
