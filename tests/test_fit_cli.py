@@ -12,7 +12,7 @@ from conftest import BACKEND, CIFAR10_JPEG, FASHION_MNIST_DIR, REPO_ROOT, assert
 
 RUN_FILES = [
     "run.json", "config.json", "recipe.py", "environment.json", "splits.json", "history.csv", "metrics.json",
-    "model.keras", "predictions/val.npz", "predictions/test.npz", "confusion_matrix.png", "curves.png",
+    "model.keras", "model.json", "predictions/val.npz", "predictions/test.npz", "confusion_matrix.png", "curves.png",
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_d
 from kerascv_app.errors import UserError
 from kerascv_app.evaluate.metrics import classification_metrics, confusion_matrix, predict_probabilities
 from kerascv_app.evaluate.plots import plot_confusion_matrix, plot_curves
+from kerascv_app.model_dir import open_model_directory
 from kerascv_app.runs import RunDirectory
 
 
@@ -44,33 +44,10 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in (rows[0].keys() if rows else [])}
 
 
-def load_run_model(run: RunDirectory):
-    """Loads ``model.keras`` under the precision policy it was trained with."""
-    import keras
-
-    from kerascv_app import backend as backend_module
-
-    config = Config.from_dict(run.read_json("config.json"))
-    path = run.model_path
-    if not path.is_file():
-        raise UserError(f"{path} is missing: the run did not finish (status {run.status()}); resume it with kcv fit --resume {run.path}")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path} is not a valid .keras file (truncated or corrupt): retrain or restore the file")
-    backend_module.set_precision(config.train.precision)
-    # Importing registers the custom layers and schedules the file may name.
-    import kerascv_app.augment.device  # noqa: F401
-    import kerascv_app.train.optim  # noqa: F401
-
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    except Exception as error:  # A damaged archive fails in many ways; report it in one line.
-        raise UserError(f"{path} cannot be loaded ({type(error).__name__}: {error}): retrain or restore the file")
-    return config, model
-
-
 def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None) -> dict:
     """Recomputes the test metrics of a finished run from its saved model."""
-    config, model = load_run_model(run)
+    config = Config.from_dict(run.read_json("config.json"))
+    model = open_model_directory(run.path).load_model()
     environment = run.read_json("environment.json")
     prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))
     recorded = run.read_json("splits.json")

@@ -17,6 +17,7 @@ from kerascv_app import backend as backend_module
 from kerascv_app.config import Config
 from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data, training_datasets
 from kerascv_app.errors import UserError
+from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.runs import RunDirectory
 
 #: Fault injection for the resume tests: the process kills itself (SIGKILL, no clean-up)
@@ -92,6 +93,8 @@ def _compiled_model(config: Config, prepared: PreparedData):
 
 
 def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData, model, show_progress: bool) -> RunDirectory:
+    import keras
+
     train_dataset, validation_dataset = training_datasets(prepared, config)
     try:
         model.fit(
@@ -113,6 +116,10 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
     if config.train.keep_best and best_path.is_file():
         model.load_weights(best_path)
     model.save(run.model_path)
+    ModelDirectory(
+        path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
+        channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
+    ).write()
     from kerascv_app.evaluate.evaluate import write_evaluation
 
     _deduplicate_history(run.file("history.csv"))

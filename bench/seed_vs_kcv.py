@@ -1,0 +1,121 @@
+"""The source document's PyTorch example against ``kcv fit recipes/cifar10_baseline.py``.
+
+Same images (a class-balanced subset of the CIFAR-10 JPEG copy, or all of it), same
+number of epochs, same net, augmentation and optimizer, one after the other on the same
+machine. Prints time per epoch, images/s and test accuracy of both, and the ratio
+kcv / seed of the time per epoch (target on a 2-core CPU: at most 0.67).
+
+    python bench/seed_vs_kcv.py --seed-python .venv-torchvision/bin/python [--train-per-class 1000] [--epochs 10]
+
+The seed side needs torchvision, which does not fit beside the CPU torch of the test
+environments: make a separate environment for it, e.g.
+    python -m venv .venv-torchvision && .venv-torchvision/bin/pip install torch==2.14.1 torchvision==0.29.1
+Both sides train without a validation split (the source has none) and are evaluated
+once on the clean test images after the last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def balanced_subset(source: Path, target: Path, per_class: int | None) -> int:
+    """Links the first ``per_class`` images of each class (sorted names) into ``target``."""
+    count = 0
+    for class_folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        files = sorted(class_folder.iterdir())[:per_class] if per_class else sorted(class_folder.iterdir())
+        (target / class_folder.name).mkdir(parents=True)
+        for file in files:
+            (target / class_folder.name / file.name).symlink_to(file.resolve())
+        count += len(files)
+    return count
+
+
+def run_seed(python: str, train_dir: Path, test_dir: Path, epochs: int) -> dict:
+    command = [python, str(REPO_ROOT / "bench" / "seed_pytorch.py"), "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--epochs", str(epochs)]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    record["wall_seconds"] = time.perf_counter() - start
+    return record
+
+
+def run_kcv(backend: str, data_root: Path, epochs: int, runs_dir: Path) -> dict:
+    command = [
+        sys.executable, "-m", "kerascv_app.cli", "fit", str(REPO_ROOT / "recipes" / "cifar10_baseline.py"),
+        "--backend", backend, "--runs-dir", str(runs_dir), "--quiet",
+        "--set", f"data.source=folder:{data_root}", "--set", "data.val_fraction=0", "--set", f"train.epochs={epochs}",
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "KERAS_BACKEND": backend})
+    wall = time.perf_counter() - start
+    run_dir = next(runs_dir.iterdir())
+    with open(run_dir / "history.csv", newline="") as handle:
+        epoch_seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(handle)]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"epoch_seconds": epoch_seconds, "train_images": metrics["validation"]["count"] or None, "test_accuracy": metrics["test"]["accuracy"], "wall_seconds": wall}
+
+
+def summary(name: str, record: dict, train_images: int) -> dict:
+    seconds = record["epoch_seconds"]
+    mean = statistics.mean(seconds)
+    steady = statistics.mean(seconds[1:]) if len(seconds) > 1 else mean
+    return {
+        "name": name,
+        "mean_epoch_seconds": mean,
+        "steady_epoch_seconds": steady,
+        "images_per_second": train_images / mean,
+        "test_accuracy": record["test_accuracy"],
+        "wall_seconds": record["wall_seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed-python", required=True, help="A Python with torch and torchvision for the source's script.")
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--train-per-class", type=int, default=1000, help="0 = all 5,000 per class.")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax", "torch"])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "seed_vs_kcv.json")
+    arguments = parser.parse_args()
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from kerascv_app.data.folder import extract_archive  # the same safe, cached extraction kcv uses
+
+    root = extract_archive(arguments.archive)
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        data_root = scratch / "cifar10"
+        train_images = balanced_subset(root / "train", data_root / "train", arguments.train_per_class or None)
+        test_images = balanced_subset(root / "test", data_root / "test", None)
+        print(f"{train_images} training and {test_images} test images, {arguments.epochs} epochs, {os.cpu_count()} CPU cores", flush=True)
+        seed = summary("seed (PyTorch, 2 DataLoader workers)", run_seed(arguments.seed_python, data_root / "train", data_root / "test", arguments.epochs), train_images)
+        print(json.dumps(seed), flush=True)
+        kcv = summary(f"kcv fit ({arguments.backend})", run_kcv(arguments.backend, data_root, arguments.epochs, scratch / "runs"), train_images)
+        print(json.dumps(kcv), flush=True)
+
+    ratio = kcv["mean_epoch_seconds"] / seed["mean_epoch_seconds"]
+    print()
+    print(f"{'':40} {'s/epoch':>9} {'steady':>9} {'img/s':>9} {'test acc':>9} {'wall s':>8}")
+    for row in (seed, kcv):
+        print(f"{row['name']:40} {row['mean_epoch_seconds']:9.2f} {row['steady_epoch_seconds']:9.2f} {row['images_per_second']:9.0f} {row['test_accuracy']:9.4f} {row['wall_seconds']:8.1f}")
+    print(f"\nratio kcv/seed, time per epoch: {ratio:.2f} (target <= 0.67); accuracy difference: {kcv['test_accuracy'] - seed['test_accuracy']:+.4f}")
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps({"train_images": train_images, "test_images": test_images, "epochs": arguments.epochs, "seed": seed, "kcv": kcv, "ratio": ratio}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
