@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 
 from kerascv_app.data.base import ArraySplit, LoadedData, fingerprint_arrays
-from kerascv_app.data.download import download, keras_datasets_dir
+from kerascv_app.data.download import download, first_line, keras_datasets_dir
 from kerascv_app.errors import UserError
 
 
@@ -138,7 +138,7 @@ def _read_batches(location: Path, names: tuple[str, ...]) -> dict[str, object]:
                     if member.isfile() and name in names and name not in batches:
                         batches[name] = _unpickle(archive.extractfile(member), f"{location}:{member.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise UserError(f"cannot read {location} ({error}): it is damaged or not a CIFAR archive; download it again") from error
+        raise UserError(f"cannot read {location} ({first_line(error)}): it is damaged or not a CIFAR archive; download it again") from error
     missing = [name for name in names if name not in batches]
     if missing:
         raise UserError(f"{location} lacks {', '.join(missing)}: it is incomplete or not this CIFAR dataset; pass the whole archive or its extracted folder")
@@ -175,7 +175,7 @@ def _unpickle(file: IO[bytes], source) -> object:
         # The batches were pickled by python 2: their strings are bytes.
         return _BatchUnpickler(file, encoding="bytes").load()
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise UserError(f"{source} is not a readable CIFAR batch ({error}): download the archive again") from error
+        raise UserError(f"{source} is not a readable CIFAR batch ({first_line(error)}): download the archive again") from error
 
 
 def _to_split(batches: list, layout: CifarLayout, location: Path, class_count: int) -> ArraySplit:

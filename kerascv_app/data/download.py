@@ -39,4 +39,5 @@ def download(url: str, directory: Path, remedy: str) -> Path:
 def first_line(error: BaseException) -> str:
     """An exception's message cut to one line, for a UserError that quotes it."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    # Some messages (tarfile's, tfds's) announce a list on the following lines.
+    return text.splitlines()[0].rstrip(":") if text else type(error).__name__

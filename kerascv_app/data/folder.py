@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from kerascv_app.data.base import FileSplit, LoadedData, fingerprint_ids
+from kerascv_app.data.download import first_line
 from kerascv_app.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
@@ -34,9 +35,9 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLIT_FOLDER_NAMES = {"train": ("train",), "test": ("test",), "validation": ("val", "validation")}
 
 # Bytes read from each end of a file: enough for every signature and trailer checked, and
-# for a JPEG's end marker behind some zero padding.
+# for an end marker behind up to 4 KiB of zero padding (a disk block's worth).
 HEAD_SIZE = 32
-TAIL_SIZE = 1024
+TAIL_SIZE = 4096
 # How many skipped files the warning names before "and N more".
 NAMED_IN_WARNING = 5
 
@@ -48,22 +49,14 @@ def load_image_folder(path: Path) -> LoadedData:
     root = _layout_root(extract_archive(path) if path.is_file() else path)
     split_folders = _split_folders(root)
     scans = {split: _scan_split(folder) for split, folder in split_folders.items()}
-    _check_readable(root, scans)
-    class_names = scans["train"].class_names
-    for split, scan in scans.items():
-        if scan.class_names != class_names:
-            raise UserError(_class_mismatch(split_folders[split], scan.class_names, split_folders["train"], class_names))
-    for scan in scans.values():
-        scan.check_every_class_readable()
-    if len(class_names) < 2:
-        raise UserError(f"{split_folders['train']} has only the class folder {class_names[0]!r}: a classifier needs two or more classes, one folder each")
+    _check_scans(root, split_folders, scans)
     skipped = [file for scan in scans.values() for file in scan.skipped]
     if skipped:
         _warn_skipped(root, skipped)
     kept = [file for scan in scans.values() for file in scan.kept]
     return LoadedData(
         name=f"folder:{path}",
-        class_names=class_names,
+        class_names=scans["train"].class_names,
         train=scans["train"].to_split(),
         test=scans["test"].to_split() if "test" in scans else None,
         validation=scans["validation"].to_split() if "validation" in scans else None,
@@ -78,6 +71,7 @@ def _relative(path: str, root: Path) -> str:
     # much faster than os.path.relpath over tens of thousands of files.
     prefix = str(root) + os.sep
     return path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)
+
 
 # ---------------------------------------------------------------------------- layout
 
@@ -183,7 +177,7 @@ def _scan_split(folder: Path) -> SplitScan:
         paths += class_paths
         labels += [label] * len(class_paths)
     checks = check_image_files(paths)
-    files = [ImageFile(path, label, size, problem) for path, label, (size, problem) in zip(paths, labels, checks)]
+    files = [ImageFile(path, label, size, problem) for path, label, (size, problem) in zip(paths, labels, checks, strict=True)]
     return SplitScan(folder, [class_folder.name for class_folder in class_folders], files)
 
 
@@ -244,7 +238,8 @@ def check_image_file(path: str) -> tuple[int, str | None]:
     return size, "not a JPEG, PNG, GIF or BMP image (unknown signature)"
 
 
-def _check_readable(root: Path, scans: dict[str, SplitScan]) -> None:
+def _check_scans(root: Path, split_folders: dict[str, Path], scans: dict[str, SplitScan]) -> None:
+    """Refuses a tree with nothing readable, splits whose classes differ, or a class without images."""
     files = [file for scan in scans.values() for file in scan.files]
     if not any(file.problem is None for file in files):
         example = files[0]
@@ -252,6 +247,14 @@ def _check_readable(root: Path, scans: dict[str, SplitScan]) -> None:
             f"no readable image in {root}: all {len(files)} image files failed the integrity check "
             f"(e.g. {_relative(example.path, root)}: {example.problem}); replace them with intact copies"
         )
+    class_names = scans["train"].class_names
+    for split, scan in scans.items():
+        if scan.class_names != class_names:
+            raise UserError(_class_mismatch(split_folders[split], scan.class_names, split_folders["train"], class_names))
+    for scan in scans.values():
+        scan.check_every_class_readable()
+    if len(class_names) < 2:
+        raise UserError(f"{split_folders['train']} has only the class folder {class_names[0]!r}: a classifier needs two or more classes, one folder each")
 
 
 def _class_mismatch(folder: Path, class_names: list[str], train_folder: Path, train_class_names: list[str]) -> str:
@@ -292,9 +295,9 @@ def extract_archive(archive: Path) -> Path:
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, tarfile.FilterError):
-            raise UserError(f"{archive} member {error.tarinfo.name!r} cannot be extracted safely ({error}): refusing the archive; make it again with plain files only") from error
+            raise UserError(f"{archive} member {error.tarinfo.name!r} cannot be extracted safely ({first_line(error)}): refusing the archive; make it again with plain files only") from error
         if isinstance(error, (tarfile.TarError, EOFError, zlib.error, OSError)):
-            raise UserError(f"cannot extract {archive} ({error}): the archive is damaged or incomplete; make or download it again") from error
+            raise UserError(f"cannot extract {archive} ({first_line(error)}): the archive is damaged or incomplete; make or download it again") from error
         raise
     return target
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascv_app.data.base import ArraySplit, LoadedData, fingerprint_arrays
-from kerascv_app.data.download import download, keras_datasets_dir
+from kerascv_app.data.download import download, first_line, keras_datasets_dir
 from kerascv_app.errors import UserError
 
 IMAGE_MAGIC = 0x00000803
@@ -141,4 +141,4 @@ def _read_bytes(path: Path) -> bytes:
                 return file.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"cannot read {path} ({error}): replace it with an intact copy") from error
+        raise UserError(f"cannot read {path} ({first_line(error)}): replace it with an intact copy") from error

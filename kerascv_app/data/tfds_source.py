@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,36 +28,38 @@ LABEL_BATCH_SIZE = 8192
 class TfdsSplit(ImageSplit):
     """One split of a prepared TFDS dataset, or a subset of it, streamed in the stored order.
 
-    ``ids`` are positions in the whole split. A subset keeps the stored order (its
-    ``labels`` are in that order too), because the records are streamed, not indexed.
+    ``ids`` are positions in the whole split. The records are streamed, not indexed, so a
+    subset comes in stored order whatever the order of the indices asked for (its ``labels``
+    follow that order); an index given twice streams its record twice (bootstrap samples).
     """
 
     element_kind = "encoded"
 
-    def __init__(self, builder, split_name: str, image_key: str, label_key: str, labels: np.ndarray, positions: np.ndarray, split_size: int):
+    def __init__(self, builder, split_name: str, image_key: str, labels: np.ndarray, positions: np.ndarray, split_size: int):
         super().__init__(labels, positions)
         self.builder = builder
         self.split_name = split_name
         self.image_key = image_key
-        self.label_key = label_key
         self.split_size = split_size
 
     def subset(self, indices) -> "TfdsSplit":
-        # Sorted and unique: the stream can only drop records, not reorder or repeat them.
-        indices = np.unique(np.asarray(indices, dtype=np.int64))
-        return TfdsSplit(self.builder, self.split_name, self.image_key, self.label_key, self.labels[indices], self.ids[indices], self.split_size)
+        indices = np.sort(np.asarray(indices, dtype=np.int64), kind="stable")
+        return TfdsSplit(self.builder, self.split_name, self.image_key, self.labels[indices], self.ids[indices], self.split_size)
 
     def to_dataset(self):
         import tensorflow as tf
 
         # Labels come from this split's own array, looked up by position, so that relabelling
-        # (data.classes) applies; -1 marks the records that a subset leaves out.
-        label_by_position = np.full(self.split_size, -1, dtype=np.int64)
+        # (data.classes) applies to the stream too.
+        label_by_position = np.zeros(self.split_size, dtype=np.int64)
         label_by_position[self.ids] = self.labels
-        label_table = tf.constant(label_by_position)
+        copies_by_position = np.bincount(self.ids, minlength=self.split_size)
+        label_table, copies_table = tf.constant(label_by_position), tf.constant(copies_by_position)
         dataset = _records(self.builder, self.split_name, self.image_key).map(lambda record: record[self.image_key]).enumerate()
-        if len(self) < self.split_size:
-            dataset = dataset.filter(lambda position, image: tf.gather(label_table, position) >= 0)
+        if copies_by_position.max(initial=0) > 1:
+            dataset = dataset.flat_map(lambda position, image: tf.data.Dataset.from_tensors((position, image)).repeat(copies_table[position]))
+        elif len(self) < self.split_size:
+            dataset = dataset.filter(lambda position, image: copies_table[position] > 0)
         dataset = dataset.map(lambda position, image: (image, tf.gather(label_table, position)), num_parallel_calls=tf.data.AUTOTUNE)
         # Known length for progress bars; also fails loudly if the records ever changed under us.
         return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
@@ -109,6 +112,9 @@ def _prepare(builder, name: str, data_dir: Path | None) -> None:
 
 
 def _online() -> bool:
+    if urllib.request.getproxies().get("https"):
+        # Behind a proxy a direct connection proves nothing: let tfds try through it.
+        return True
     try:
         socket.create_connection(CONNECTIVITY_PROBE, timeout=CONNECTIVITY_TIMEOUT_S).close()
     except OSError:
@@ -129,9 +135,9 @@ def _feature_keys(info, name: str) -> tuple[str, str]:
         return isinstance(features[key], tfds.features.ClassLabel)
 
     supervised = info.supervised_keys
-    if isinstance(supervised, tuple) and len(supervised) == 2 and all(isinstance(key, str) and key in features for key in supervised):
-        if is_image(supervised[0]) and is_label(supervised[1]):
-            return supervised
+    supervised_are_names = isinstance(supervised, tuple) and len(supervised) == 2 and all(isinstance(key, str) and key in features for key in supervised)
+    if supervised_are_names and is_image(supervised[0]) and is_label(supervised[1]):
+        return supervised
     image_keys = [key for key in features if is_image(key)]
     label_keys = [key for key in features if is_label(key)]
     if not image_keys or not label_keys:
@@ -150,7 +156,7 @@ def _records(builder, split_name: str, image_key: str):
 
 def _read_split(builder, split_name: str, image_key: str, label_key: str) -> TfdsSplit:
     labels = _read_labels(builder, split_name, image_key, label_key)
-    return TfdsSplit(builder, split_name, image_key, label_key, labels, np.arange(len(labels)), len(labels))
+    return TfdsSplit(builder, split_name, image_key, labels, np.arange(len(labels)), len(labels))
 
 
 def _read_labels(builder, split_name: str, image_key: str, label_key: str) -> np.ndarray:

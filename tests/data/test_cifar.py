@@ -78,18 +78,18 @@ def check_cifar10(data, files):
 
 
 @pytest.fixture
-def cifar10_archive(tmp_path):
+def cifar10_tar(tmp_path):
     files = cifar10_files()
     return write_archive(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", files), files
 
 
-def test_reads_the_archive(cifar10_archive):
-    archive, files = cifar10_archive
+def test_reads_the_archive(cifar10_tar):
+    archive, files = cifar10_tar
     check_cifar10(load_cifar("cifar10", archive), files)
 
 
-def test_reads_the_folder_holding_the_archive(cifar10_archive):
-    archive, files = cifar10_archive
+def test_reads_the_folder_holding_the_archive(cifar10_tar):
+    archive, files = cifar10_tar
     data = load_cifar("cifar10", archive.parent)
     check_cifar10(data, files)
     assert data.fingerprint == load_cifar("cifar10", archive).fingerprint
@@ -127,8 +127,8 @@ def test_corrupt_archive_is_refused(tmp_path):
         load_cifar("cifar10", tmp_path)
 
 
-def test_truncated_archive_is_refused(cifar10_archive):
-    archive, _ = cifar10_archive
+def test_truncated_archive_is_refused(cifar10_tar):
+    archive, _ = cifar10_tar
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(UserError, match=str(archive)):
         load_cifar("cifar10", archive)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kerascv_app.data import idx
-from kerascv_app.data.idx import IMAGE_MAGIC, LABEL_MAGIC, FASHION_MNIST_CLASSES, load_fashion_mnist, load_idx_directory
+from kerascv_app.data.idx import FASHION_MNIST_CLASSES, IMAGE_MAGIC, LABEL_MAGIC, load_fashion_mnist, load_idx_directory
 from kerascv_app.errors import UserError
 
 
