@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+try:  # Recent typer bundles its own copy of click.
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 from rich.console import Console
 from rich.table import Table
 
@@ -91,16 +96,16 @@ def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory made by kcv fit."),
+    run_dir: Path = typer.Argument(..., help="A run directory (kcv fit) or an ensemble directory (kcv ensemble)."),
     backend: Optional[Backend] = BACKEND_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ):
-    """Recompute a run's test metrics from its saved model."""
+    """Recompute a run's (or an ensemble's) test metrics from its saved model."""
     from kerascv_app.backend import select_backend
-    from kerascv_app.runs import RunDirectory
+    from kerascv_app.evaluate.evaluate import open_evaluated_directory
 
-    run = RunDirectory.open(run_dir)
+    run = open_evaluated_directory(run_dir)
     select_backend(backend.value if backend else None)
     from kerascv_app.evaluate.evaluate import evaluate_run
 
@@ -136,6 +141,59 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="The folder given to
     console.print(table)
 
 
+class MetaLearner(str, Enum):
+    logistic = "logistic"
+    ridge = "ridge"
+    gbm = "gbm"
+
+
+class TestTimeAugmentation(str, Enum):
+    flip = "flip"
+
+
+@app.command()
+def ensemble(
+    run_dirs: Optional[list[Path]] = typer.Argument(None, help="Finished run directories (default: every finished run in --runs-dir that matches the newest)."),
+    average: bool = typer.Option(False, "--average", help="The mean of the members' probabilities."),
+    weighted: bool = typer.Option(False, "--weighted", help="A weighted mean, weights fitted on validation log-loss."),
+    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation probabilities."),
+    meta: Optional[MetaLearner] = typer.Option(None, "--meta", help="The stacking meta-learner (default: logistic)."),
+    tta: Optional[TestTimeAugmentation] = typer.Option(None, "--tta", help="flip: average each member over the image and its mirror."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to find members when none is named."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The ensemble directory (default: ensembles/<method>-<timestamp>)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the images are, for --tta (default: where the members read them)."),
+    backend: Optional[Backend] = BACKEND_OPTION,
+):
+    """Combine finished runs into one model: average, weighted average or stacking."""
+    from kerascv_app.backend import select_backend
+    from kerascv_app.ensemble.combiners import choose_method, method_label
+    from kerascv_app.ensemble.directory import default_ensemble_path
+    from kerascv_app.ensemble.members import members_from_paths, members_from_runs_folder
+
+    method, meta_learner_name = choose_method(average, weighted, stacking, meta.value if meta else None)
+    if run_dirs:
+        members = members_from_paths(run_dirs)
+    else:
+        members, skipped = members_from_runs_folder(runs_dir)
+        console.print(f"members: the {len(members)} finished runs in {runs_dir} that share the data, classes and splits of the newest", highlight=False, soft_wrap=True)
+        for member in members:
+            console.print(f"  {member.path}", highlight=False, soft_wrap=True)
+        for path, reason in skipped:
+            console.print(f"  left out {path}: it {reason}", highlight=False, soft_wrap=True)
+    chosen = select_backend(backend.value if backend else None)
+    from kerascv_app.ensemble.build import build_ensemble, comparison_table
+
+    label = method_label(method, meta_learner_name) + (f"-tta-{tta.value}" if tta else "")
+    destination = out if out is not None else default_ensemble_path(label)
+    result = build_ensemble(members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir)
+    if result.combination.weights is not None:
+        console.print("weights: " + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)), highlight=False, soft_wrap=True)
+    if not result.combination.exportable:
+        console.print(f"note: --meta {meta_learner_name} is not expressible as Keras layers: no model.keras; the meta-learner is in meta_learner.joblib")
+    console.print(comparison_table(result.metrics))
+    console.print(f"ensemble [bold]{result.path}[/bold] written: test accuracy {result.metrics['test'].get('accuracy', float('nan')):.4f}")
+
+
 @app.command()
 def models():
     """List the registered model names."""
@@ -145,6 +203,51 @@ def models():
         console.print(name)
 
 
+@app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="A run directory (kcv fit) or an ensemble directory (kcv ensemble)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name under --base (default: the recipe's name, i.e. the folder's name without its timestamp)."),
+    version: Optional[int] = typer.Option(None, "--version", help="The version number (default: one more than the highest under --base/NAME)."),
+    base: Path = typer.Option(Path("saved_models"), "--base", help="TF Serving's model base path."),
+):
+    """Export a SavedModel for TF Serving: built aside, verified without Keras, then renamed into place."""
+    from kerascv_app.backend import select_backend
+    from kerascv_app.export.atomic import export_model, use_cpu_only
+    from kerascv_app.model_dir import open_model_directory
+
+    model_directory = open_model_directory(model_dir)
+    use_cpu_only()
+    # The reference probabilities come from the backend the model was trained with.
+    select_backend(model_directory.backend)
+    result = export_model(model_directory, base, name, version)
+    console.print(f"exported [bold]{result.path}[/bold]: probabilities within {result.max_difference:.1e} of the Keras model's", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="A run directory, an ensemble directory or an exported version folder (saved_models/NAME/N)."),
+    images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP or GIF) of any size."),
+    top_k: int = typer.Option(5, "--top-k", help="How many classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    backend: Optional[Backend] = BACKEND_OPTION,
+):
+    """Predict the classes of image files; unreadable files are listed and give exit code 2."""
+    from kerascv_app.backend import select_backend
+
+    select_backend(backend.value if backend else None)
+    from kerascv_app.export.predict import prediction_table, predict_images
+
+    report = predict_images(model, images, top_k)
+    if as_json:
+        print(json.dumps([prediction.to_json() for prediction in report.predictions], indent=2))
+    elif report.predictions:
+        console.print(prediction_table(report.predictions))
+    for unreadable in report.unreadable:
+        error_console.print(f"cannot read {unreadable.path}: {unreadable.reason}", highlight=False, soft_wrap=True)
+    if report.unreadable:
+        raise UserError(f"{len(report.unreadable)} of {len(images)} images could not be read (listed above); the others were predicted")
+
+
 def main() -> None:
     """Entry point: runs the app and turns UserError into one line and exit code 2."""
     try:
@@ -152,6 +255,9 @@ def main() -> None:
     except UserError as error:
         error_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except ClickException as error:  # A bad option value or usage: click's own one-line message.
+        error.show()
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         error_console.print("interrupted")
         sys.exit(130)
@@ -159,13 +265,6 @@ def main() -> None:
         sys.exit(exit_request.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
 
 
 if __name__ == "__main__":

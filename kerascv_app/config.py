@@ -59,10 +59,13 @@ class DataConfig(_Section):
     # Images are resized to this (height, width) and converted to this many channels.
     image_size: tuple[int, int] = (32, 32)
     channels: int = 3
-    # Held out from the training data, stratified by class and seeded by train.seed.
+    # Held out from the training data, stratified by class and seeded by split_seed.
     val_fraction: float = 0.1
     # Used only when the source has no test split of its own.
     test_fraction: float = 0.2
+    # Seeds the held-out splits. Separate from train.seed, so that runs with different
+    # training seeds share their validation and test images and can be ensembled.
+    split_seed: int = 0
     batch_size: int = 128
     # "memory" keeps decoded images in RAM after the first epoch; "none" streams from
     # files every epoch (for datasets larger than memory); any other value is a file prefix.

@@ -74,6 +74,7 @@ class ModelDirectory:
 def register_custom_objects() -> None:
     """Importing these modules registers the layers and schedules a .keras file may name."""
     import kerascv_app.augment.device  # noqa: F401
+    import kerascv_app.ensemble.layers  # noqa: F401
     import kerascv_app.train.optim  # noqa: F401
 
 

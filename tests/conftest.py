@@ -73,3 +73,39 @@ def isolated_cache(tmp_path_factory):
     if "KCV_CACHE_DIR" not in os.environ:
         os.environ["KCV_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcv_cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """One tiny digits run (8x8x1, classes "0".."9") on the backend under test, shared by the export and predict tests."""
+    runs = tmp_path_factory.mktemp("digits_runs")
+    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--runs-dir", runs, "--quiet")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits_run, tmp_path_factory) -> Path:
+    """digits_run exported once by kcv export: the version folder <base>/digits/1."""
+    base = tmp_path_factory.mktemp("saved_models")
+    result = run_kcv("export", digits_run, "--base", base)
+    assert result.returncode == 0, result.stderr
+    return base / "digits" / "1"
+
+
+@pytest.fixture(scope="session")
+def digit_images(tmp_path_factory) -> list[Path]:
+    """Real handwritten digits saved as a JPEG (RGB, 40x32) and a PNG (grayscale, 13x9): not the model's 8x8x1."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digit_images")
+    digits = load_digits()
+
+    def digit(index: int) -> Image.Image:
+        return Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8))
+
+    digit(7).resize((40, 32), Image.BILINEAR).convert("RGB").save(folder / "seven.jpg", quality=95)
+    digit(3).resize((13, 9), Image.BILINEAR).save(folder / "three.png")
+    return [folder / "seven.jpg", folder / "three.png"]

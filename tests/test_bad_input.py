@@ -156,3 +156,10 @@ def test_unknown_backend_and_runs_folder(tmp_path):
     assert_one_line_error(run_kcv("runs", tmp_path / "nowhere"), "does not exist")
     result = run_kcv("fit", DIGITS, "--runs-dir", tmp_path / "runs", env={"KERAS_BACKEND": "theano"})
     assert_one_line_error(result, "theano")
+
+
+def test_bad_option_values_are_usage_errors_without_traceback(tmp_path):
+    result = run_kcv("fit", DIGITS, "--seed", "abc", "--runs-dir", tmp_path / "runs")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Invalid value for '--seed'" in result.stderr
+    assert not (tmp_path / "runs").exists()

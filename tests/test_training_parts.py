@@ -66,11 +66,11 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     labels = np.repeat(np.arange(4), 50)
     images = np.zeros((200, 4, 4, 1), np.uint8)
     data = LoadedData(name="toy", class_names=list("abcd"), train=ArraySplit(images, labels), test=None)
-    config = DataConfig(val_fraction=0.2, test_fraction=0.1)
-    splits = make_splits(data, config, seed=3)
+    config = DataConfig(val_fraction=0.2, test_fraction=0.1, split_seed=3)
+    splits = make_splits(data, config)
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (144, 36, 20)
     assert np.bincount(splits.validation.labels).tolist() == [9, 9, 9, 9]
     ids = [set(s.ids.tolist()) for s in (splits.train, splits.validation, splits.test)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
-    assert make_splits(data, config, seed=3).record() == splits.record()
-    assert make_splits(data, config, seed=4).record() != splits.record()
+    assert make_splits(data, config).record() == splits.record()
+    assert make_splits(data, DataConfig(val_fraction=0.2, test_fraction=0.1, split_seed=4)).record() != splits.record()

@@ -33,7 +33,7 @@ class PreparedData:
 def prepare_data(config: Config, data_dir: str | Path | None) -> PreparedData:
     data = load_source(config.data.source, data_dir)
     data = select_classes(data, config.data.classes)
-    return PreparedData(data=data, splits=make_splits(data, config.data, config.train.seed))
+    return PreparedData(data=data, splits=make_splits(data, config.data))
 
 
 def training_datasets(prepared: PreparedData, config: Config):

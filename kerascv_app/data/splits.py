@@ -33,7 +33,8 @@ class Splits:
         }
 
 
-def make_splits(data: LoadedData, config: DataConfig, seed: int) -> Splits:
+def make_splits(data: LoadedData, config: DataConfig) -> Splits:
+    seed = config.split_seed
     if len(data.train) == 0:
         raise UserError(f"{data.name} has no training images")
     train, test = data.train, data.test

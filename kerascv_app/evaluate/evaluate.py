@@ -44,6 +44,20 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in (rows[0].keys() if rows else [])}
 
 
+def open_evaluated_directory(path: str | Path) -> RunDirectory:
+    """A finished run, or an ensemble directory: it holds the config.json, environment.json,
+    splits.json and model.keras that evaluate_run reads, but no run.json status."""
+    from kerascv_app.ensemble.directory import is_ensemble_directory, open_ensemble_for_evaluation
+
+    if is_ensemble_directory(Path(path)):
+        return open_ensemble_for_evaluation(Path(path))
+    run = RunDirectory.open(path)
+    status = run.status()
+    if status != "finished":
+        raise UserError(f"{run.path} did not finish (status {status}): resume it with kcv fit --resume {run.path}")
+    return run
+
+
 def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None) -> dict:
     """Recomputes the test metrics of a finished run from its saved model."""
     config = Config.from_dict(run.read_json("config.json"))
