@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 

@@ -9,7 +9,7 @@ import pytest
 from kerascv_app.config import Config, DataConfig, TrainConfig
 from kerascv_app.errors import UserError
 from kerascv_app.recipe import load_recipe
-from conftest import REPO_ROOT
+from kcv_testing import REPO_ROOT
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.py"))
 

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 MEMBER_HIDDEN_UNITS = (16, 32, 64)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
 from kerascv_app.errors import UserError
 from kerascv_app.export import FAULT_VARIABLE, PARITY_TOLERANCE
 from kerascv_app.export.atomic import choose_version, default_model_name

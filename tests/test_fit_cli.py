@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import BACKEND, CIFAR10_JPEG, FASHION_MNIST_DIR, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, CIFAR10_JPEG, FASHION_MNIST_DIR, REPO_ROOT, assert_one_line_error, run_kcv
 
 RUN_FILES = [
     "run.json", "config.json", "recipe.py", "environment.json", "splits.json", "history.csv", "metrics.json",

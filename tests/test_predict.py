@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_kcv
+from kcv_testing import assert_one_line_error, run_kcv
 from kerascv_app.model_dir import open_model_directory
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]

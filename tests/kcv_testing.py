@@ -1,0 +1,64 @@
+"""Test helpers shared by every test module (import them from here, not from conftest).
+
+The backend comes from KERAS_BACKEND (tox sets one per environment)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerascv_app.backend import select_backend
+
+BACKEND = select_backend()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def run_kcv(*arguments, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs the real command line in a fresh process (the backend is fixed per process)."""
+    environment = {**os.environ, "KERAS_BACKEND": BACKEND, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "kerascv_app.cli", *map(str, arguments)],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Bad input: exit code 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip().startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def write_cifar10_python(folder: Path, images_per_batch: int = 20, seed: int = 0) -> Path:
+    """Writes a tiny cifar-10-python.tar.gz in the original pickle format."""
+    random = np.random.default_rng(seed)
+    staging = folder / "staging" / "cifar-10-batches-py"
+    staging.mkdir(parents=True)
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    for name in names:
+        labels = [int(i % 10) for i in range(images_per_batch)]
+        data = random.integers(0, 256, size=(images_per_batch, 3 * 32 * 32), dtype=np.uint8)
+        # Give each class a distinct brightness so that a few steps can learn something.
+        data = (data // 4 + np.array(labels, dtype=np.uint8)[:, None] * 19).astype(np.uint8)
+        with open(staging / name, "wb") as handle:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, handle)
+    label_names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    with open(staging / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": label_names, b"num_cases_per_batch": images_per_batch}, handle)
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging, arcname="cifar-10-batches-py")
+    return archive
