@@ -93,7 +93,7 @@ class RunDirectory:
         """finished, failed, running, or interrupted (said running, but its process is gone)."""
         record = self.status_record()
         status = record.get("status", "unknown")
-        if status == "running" and record.get("host") == socket.gethostname() and not _process_alive(record.get("pid")):
+        if status == "running" and record.get("host") == socket.gethostname() and not process_alive(record.get("pid")):
             return "interrupted"
         return status
 
@@ -128,7 +128,7 @@ class RunDirectory:
         return self.path / "predictions"
 
 
-def _process_alive(pid) -> bool:
+def process_alive(pid) -> bool:
     if not pid:
         return False
     try:

@@ -32,7 +32,7 @@ from kerascv_app.export import (
 )
 from kerascv_app.export.savedmodel import load_float32_model
 from kerascv_app.model_dir import ModelDirectory
-from kerascv_app.runs import _process_alive, write_json_atomically
+from kerascv_app.runs import process_alive, write_json_atomically
 
 STAGING_PREFIX = ".staging-"
 STAGING_NAME = re.compile(r"^\.staging-\d+-(\d+)$")
@@ -134,7 +134,7 @@ def remove_abandoned_staging(model_root: Path) -> None:
     """Removes staging folders whose export process is gone (killed before its rename)."""
     for entry in model_root.iterdir():
         match = STAGING_NAME.match(entry.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 
 
