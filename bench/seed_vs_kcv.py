@@ -43,10 +43,17 @@ def balanced_subset(source: Path, target: Path, per_class: int | None) -> int:
     return count
 
 
+def checked_run(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command[:4])} ... failed with exit code {result.returncode}:\n{result.stderr[-3000:]}")
+    return result
+
+
 def run_seed(python: str, train_dir: Path, test_dir: Path, epochs: int) -> dict:
     command = [python, str(REPO_ROOT / "bench" / "seed_pytorch.py"), "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--epochs", str(epochs)]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = checked_run(command)
     record = json.loads(result.stdout.strip().splitlines()[-1])
     record["wall_seconds"] = time.perf_counter() - start
     return record
@@ -59,7 +66,7 @@ def run_kcv(backend: str, data_root: Path, epochs: int, runs_dir: Path) -> dict:
         "--set", f"data.source=folder:{data_root}", "--set", "data.val_fraction=0", "--set", f"train.epochs={epochs}",
     ]
     start = time.perf_counter()
-    subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "KERAS_BACKEND": backend})
+    checked_run(command, env={**os.environ, "KERAS_BACKEND": backend})
     wall = time.perf_counter() - start
     run_dir = next(runs_dir.iterdir())
     with open(run_dir / "history.csv", newline="") as handle:
