@@ -37,11 +37,24 @@ def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: C
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
+    """history.csv as columns of numbers; CSVLogger writes "NA" where an epoch lacks a metric."""
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")] for key in (rows[0].keys() if rows else [])}
+    columns = {}
+    for key in rows[0].keys() if rows else []:
+        values = [_number(row.get(key)) for row in rows]
+        if all(value is not None for value in values):
+            columns[key] = values
+    return columns
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def open_evaluated_directory(path: str | Path) -> RunDirectory:
