@@ -128,3 +128,13 @@ def test_precision_and_seed_flags_are_recorded(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     recorded = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(recorded, abs=1e-6)
+
+
+def test_fit_without_a_validation_split(tmp_path):
+    """data.val_fraction=0 (as the source's script trains): no validation metrics, still a complete run."""
+    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--quiet", "--runs-dir", tmp_path / "runs", "--set", "data.val_fraction=0")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run(tmp_path / "runs")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["validation"] == {"count": 0} and metrics["test"]["count"] > 0
+    assert (run_dir / "curves.png").is_file() and (run_dir / "model.json").is_file()
