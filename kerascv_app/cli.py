@@ -100,6 +100,7 @@ def evaluate(
     backend: Optional[Backend] = BACKEND_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of each image, its mirror and one-pixel shifts."),
 ):
     """Recompute a run's (or an ensemble's) test metrics from its saved model."""
     from kerascv_app.backend import select_backend
@@ -109,11 +110,11 @@ def evaluate(
     select_backend(backend.value if backend else None)
     from kerascv_app.evaluate.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, data_dir)
+    metrics = evaluate_run(run, data_dir, test_time_augmentation=tta)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    table = Table(title=f"test metrics of {run.path}")
+    table = Table(title=f"test metrics of {run.path}" + (" with test-time augmentation" if tta else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("count", "accuracy", "top5_accuracy", "loss"):
@@ -195,6 +196,30 @@ def ensemble(
 
 
 @app.command()
+def convert(
+    source: str = typer.Argument(..., help="Any data.source kcv fit reads: folder:PATH, cifar10:PATH, idx:DIR, tfds:NAME, digits, ..."),
+    to: Path = typer.Option(..., "--to", help="The folder for the shards and metadata.json: new, empty, or an unfinished conversion to resume."),
+    shards: int = typer.Option(0, "--shards", help="Shards of the training split (default: one per 1,024 images); other splits get shards in proportion."),
+    workers: int = typer.Option(4, "--workers", help="Shards written at once."),
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+):
+    """Write a source as sharded TFRecords, once; then train with --set data.source=tfrecord:DIR."""
+    from kerascv_app.backend import select_backend
+
+    # Only TensorFlow (tf.data, the record writer) is used; this keeps it quiet and off the GPU.
+    select_backend()
+    from kerascv_app.data.tfrecord import convert as convert_source
+
+    result = convert_source(source, to, data_dir, shards=shards, workers=workers, show_progress=not quiet)
+    counts = ", ".join(f"{count} {split}" for split, count in result.counts.items())
+    kept = f", {result.shards_kept} kept from before" if result.shards_kept else ""
+    console.print(f"converted [bold]{result.directory}[/bold]: {counts} images; {result.shards_written} shards written{kept}", highlight=False, soft_wrap=True)
+    if result.skipped_files:
+        console.print(f"skipped {len(result.skipped_files)} unreadable file(s) of the source (listed in metadata.json)", highlight=False)
+
+
+@app.command()
 def models():
     """List the registered model names."""
     from kerascv_app.models.registry import model_names
@@ -246,6 +271,27 @@ def predict(
         error_console.print(f"cannot read {unreadable.path}: {unreadable.reason}", highlight=False, soft_wrap=True)
     if report.unreadable:
         raise UserError(f"{len(report.unreadable)} of {len(images)} images could not be read (listed above); the others were predicted")
+
+
+@app.command()
+def preview(
+    recipe: Path = typer.Argument(..., help="A recipe file, e.g. recipes/cifar10_baseline.py."),
+    out: Path = typer.Option(..., "--out", help="The PNG to write, e.g. grid.png."),
+    count: int = typer.Option(16, "--n", help="How many training images."),
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    overrides: list[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the recipe's)."),
+    backend: Optional[Backend] = BACKEND_OPTION,
+):
+    """Write a grid of training images above their augmented versions: what training sees."""
+    from kerascv_app.augment.preview import check_request, write_preview
+    from kerascv_app.backend import select_backend
+
+    check_request(count, out)
+    select_backend(backend.value if backend else None)
+    config, _ = _resolved_config(recipe, overrides, None, seed, False)
+    path = write_preview(config, data_dir, count, out)
+    console.print(f"wrote [bold]{path}[/bold]: training images of {config.name}, each above its augmented version", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -13,7 +13,10 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from kerascv_app.augment.spec import PLACEMENTS, SEED_PRESET, AugmentOp, op
 from kerascv_app.errors import UserError
+
+__all__ = ["AugmentConfig", "AugmentOp", "Config", "DataConfig", "ModelConfig", "SEED_PRESET", "TrainConfig", "op"]
 
 
 class _Section:
@@ -76,6 +79,11 @@ class DataConfig(_Section):
     # Caps on the number of images (0 = all): --smoke uses them for quick runs.
     max_train: int = 0
     max_eval: int = 0
+    # Keep at most this many images per class of the source's training split (0 = all),
+    # drawn with data.split_seed before the validation split is held out: a labelled-data
+    # budget, e.g. 125 with val_fraction 0.2 gives 100 training and 25 validation images
+    # per class. The test split is never capped by it.
+    labelled_per_class: int = 0
 
     def _validate(self):
         _check(len(self.image_size) == 2 and min(self.image_size) > 0, "data.image_size", self.image_size, "two positive integers, e.g. 32,32")
@@ -85,26 +93,31 @@ class DataConfig(_Section):
         _check(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
         _check(self.shuffle_buffer > 0, "data.shuffle_buffer", self.shuffle_buffer, "a positive integer")
         _check(self.max_train >= 0 and self.max_eval >= 0, "data.max_train/max_eval", (self.max_train, self.max_eval), "0 (all) or a positive count")
+        _check(self.labelled_per_class >= 0, "data.labelled_per_class", self.labelled_per_class, "0 (all) or a positive count per class")
 
 
 @dataclass(frozen=True)
 class AugmentConfig(_Section):
     section_name = "augment"
 
-    # Random horizontal flip with probability 1/2.
-    horizontal_flip: bool = False
-    # Pad by this many pixels (reflect) and crop back at a random position; 0 is off.
-    crop_padding: int = 0
+    # Operations applied in order to training batches, made with op(): see
+    # kerascv_app/augment/spec.py for every op and its parameters, and SEED_PRESET for the
+    # source's flip + pad-4 crop. Empty: no augmentation.
+    ops: tuple[AugmentOp, ...] = ()
     # "pipeline": tf.data on the CPU; "device": inside the model, active only in training.
+    # Mixing ops (mixup, cutmix) change labels, so they run in the pipeline either way.
     placement: str = "pipeline"
     # Pixel scaling baked into the model: "symmetric" maps [0, 255] to [-1, 1] (the
-    # source's Normalize((0.5,)*3, (0.5,)*3)), "unit" to [0, 1], "none" keeps [0, 255].
+    # source's Normalize((0.5,)*3, (0.5,)*3)), "unit" to [0, 1], "none" keeps [0, 255],
+    # "imagenet" subtracts ImageNet's channel means and divides by its standard deviations.
     normalization: str = "symmetric"
 
     def _validate(self):
-        _check(self.crop_padding >= 0, "augment.crop_padding", self.crop_padding, "0 (off) or a positive number of pixels")
-        _check(self.placement in ("pipeline", "device"), "augment.placement", self.placement, "'pipeline' or 'device'")
-        _check(self.normalization in ("symmetric", "unit", "none"), "augment.normalization", self.normalization, "'symmetric', 'unit' or 'none'")
+        _check(self.placement in PLACEMENTS, "augment.placement", self.placement, "'pipeline' or 'device'")
+        _check(self.normalization in NORMALIZATIONS, "augment.normalization", self.normalization, ", ".join(repr(name) for name in NORMALIZATIONS))
+
+
+NORMALIZATIONS = ("symmetric", "unit", "none", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,21 @@ class ModelConfig(_Section):
     depth: int = 20  # resnet: 6n+2 layers
     hidden_units: int = 512  # seed_cnn: fully connected layer size
     extra_pooling: bool = True  # seed_cnn: the third pooling that fixes the source's view() bug
+    # Transfer learning (kerascv_app/models/transfer.py): start from a pre-trained backbone
+    # instead of building `name` from scratch, and put a new classifier on its features.
+    #   ""                   no backbone: `name` is built with random weights
+    #   "run:PATH"           a finished run's model, cut at its feature layer
+    #   "run:latest:RECIPE"  the newest finished run of RECIPE in --runs-dir (resolved at the start)
+    #   "keras:NAME"         a keras.applications model without its top, e.g. keras:MobileNetV3Small
+    # The backbone's own preprocessing replaces augment.normalization (applied exactly once),
+    # and `dropout` is the new head's dropout.
+    backbone: str = ""
+    # keras: backbones only: a local .weights.h5/.h5 file of the model without its top,
+    # "imagenet" (downloaded by Keras when online), or "" for random weights.
+    backbone_weights: str = ""
+    # The layer whose output is the features; "" = a run's layer feeding its classifier, or a
+    # keras.applications model's last layer. 4-D outputs are average-pooled by the head.
+    feature_layer: str = ""
 
     def _validate(self):
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a rate in [0, 1)")
@@ -129,6 +157,10 @@ class ModelConfig(_Section):
         _check(self.width > 0, "model.width", self.width, "a positive integer")
         _check(self.depth > 0, "model.depth", self.depth, "a positive integer")
         _check(self.hidden_units > 0, "model.hidden_units", self.hidden_units, "a positive integer")
+        kind, _, argument = self.backbone.partition(":")
+        _check(not self.backbone or (kind in ("run", "keras") and argument), "model.backbone", self.backbone, "'' (none), run:PATH, run:latest:RECIPE or keras:NAME")
+        _check(not self.backbone_weights or kind == "keras", "model.backbone_weights", self.backbone_weights, "'' unless model.backbone is keras:NAME (a run backbone brings its own weights)")
+        _check(not self.feature_layer or bool(self.backbone), "model.feature_layer", self.feature_layer, "'' unless model.backbone is set")
 
 
 @dataclass(frozen=True)
@@ -140,18 +172,49 @@ class TrainConfig(_Section):
     learning_rate: float = 0.01  # peak rate, per batch of data.batch_size images
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # decoupled, applied by the optimizer
-    schedule: str = "constant"  # constant | cosine | onecycle
-    warmup_epochs: float = 0.0  # linear warm-up for cosine
+    weight_decay: float = 0.0  # decoupled, applied by the optimizer; the fast loop adds it to the gradient (L2, PyTorch's SGD)
+    schedule: str = "constant"  # constant | cosine | onecycle | linear
+    warmup_epochs: float = 0.0  # linear warm-up for cosine and linear
     label_smoothing: float = 0.0
     # Stop when the validation loss has not improved for this many epochs; 0 is off.
     early_stopping_patience: int = 0
     # Evaluate and save the weights of the best validation epoch instead of the last.
     keep_best: bool = False
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    # auto: none on one device, MirroredStrategy (TensorFlow) or DataParallel (JAX) on several GPUs.
-    distribution: str = "auto"  # auto | none | mirrored | data_parallel
+    # auto: none on one device, MirroredStrategy (TensorFlow) or DataParallel (JAX) on several GPUs,
+    # MultiWorkerMirroredStrategy when TF_CONFIG names several workers, DataParallel over every
+    # process's devices when KERAS_DISTRIBUTION_NUM_PROCESSES > 1 (JAX). See kerascv_app/backend.py.
+    distribution: str = "auto"  # auto | none | mirrored | multi_worker_mirrored | data_parallel
+    # false: data.batch_size is the global batch, split across the replicas, and results match
+    # one device's. true: data.batch_size is per replica, so the global batch is
+    # data.batch_size x replicas, and learning_rate (given for data.batch_size) is scaled by
+    # the same factor (the linear scaling rule).
+    scale_batch_with_replicas: bool = False
     seed: int = 0
+    # "keras": Keras's model.fit over the tf.data pipeline. "fast": a short compiled loop over
+    # uint8 arrays held on the device, decoded without TensorFlow (kerascv_app/train/fast.py),
+    # for small datasets and short runs; it cannot resume.
+    loop: str = "keras"
+    # Fast loop only: BatchNorm biases learn this many times faster than the other weights.
+    bias_learning_rate_scale: float = 1.0
+    # Fast loop only: from epoch lookahead_start_epoch (0-based) on, every 5 steps the weights
+    # move to their running average, which follows them with this decay per step (airbench's
+    # lookahead; the decay grows towards it as (step / total steps) cubed); 0 is off.
+    lookahead_decay: float = 0.0
+    lookahead_start_epoch: int = 0
+    # Fast loop only: a PatchWhitening layer's bias learns during this many first epochs and
+    # is frozen after; 0: it learns throughout.
+    whitening_bias_epochs: int = 0
+    # Transfer learning (model.backbone set) trains in two stages: stage 1 trains the new head
+    # for `epochs` with the backbone frozen (BatchNorm in inference mode); stage 2 unfreezes
+    # the backbone and trains fine_tune_epochs more (0 = no stage 2) with the same optimizer
+    # and schedule at fine_tune_learning_rate, usually 10-100 times lower.
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-4
+    # Stage 2 unfreezes only the top N blocks of the backbone; 0 unfreezes all of it. A block
+    # is a residual block, or a convolution or dense layer with its BatchNorm, activation and
+    # pooling (kerascv_app/models/blocks.py).
+    unfreeze_top: int = 0
 
     def _validate(self):
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
@@ -159,15 +222,29 @@ class TrainConfig(_Section):
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a value in [0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "a non-negative factor")
-        _check(self.schedule in ("constant", "cosine", "onecycle"), "train.schedule", self.schedule, "'constant', 'cosine' or 'onecycle'")
+        _check(self.schedule in ("constant", "cosine", "onecycle", "linear"), "train.schedule", self.schedule, "'constant', 'cosine', 'onecycle' or 'linear'")
         _check(0.0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0, "train.warmup_epochs", self.warmup_epochs, "fewer epochs than train.epochs")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a value in [0, 1)")
         _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience, "0 (off) or a positive number of epochs")
         _check(self.precision in PRECISIONS, "train.precision", self.precision, " or ".join(PRECISIONS))
-        _check(self.distribution in ("auto", "none", "mirrored", "data_parallel"), "train.distribution", self.distribution, "auto, none, mirrored or data_parallel")
+        _check(self.distribution in DISTRIBUTIONS, "train.distribution", self.distribution, ", ".join(DISTRIBUTIONS))
+        _check(self.loop in ("keras", "fast"), "train.loop", self.loop, "'keras' or 'fast'")
+        _check(self.bias_learning_rate_scale > 0, "train.bias_learning_rate_scale", self.bias_learning_rate_scale, "a positive factor")
+        _check(0.0 <= self.lookahead_decay < 1.0, "train.lookahead_decay", self.lookahead_decay, "0 (off) or a decay in (0, 1)")
+        _check(self.lookahead_start_epoch >= 0, "train.lookahead_start_epoch", self.lookahead_start_epoch, "a 0-based epoch number")
+        _check(self.whitening_bias_epochs >= 0, "train.whitening_bias_epochs", self.whitening_bias_epochs, "0 (always learns) or a positive number of epochs")
+        if self.loop == "fast":
+            # The fast loop adds weight decay to SGD's gradient and has no loss scaling.
+            _check(self.optimizer == "sgd", "train.optimizer", self.optimizer, "'sgd' with train.loop = 'fast'")
+            _check(self.precision != "mixed_float16", "train.precision", self.precision, "float32 or mixed_bfloat16 with train.loop = 'fast' (it has no loss scaling)")
+            _check(self.distribution in ("auto", "none"), "train.distribution", self.distribution, "'auto' or 'none' with train.loop = 'fast' (one device)")
+        _check(self.fine_tune_epochs >= 0, "train.fine_tune_epochs", self.fine_tune_epochs, "0 (no stage 2) or a positive number of epochs")
+        _check(self.fine_tune_learning_rate > 0, "train.fine_tune_learning_rate", self.fine_tune_learning_rate, "a positive rate")
+        _check(self.unfreeze_top >= 0, "train.unfreeze_top", self.unfreeze_top, "0 (the whole backbone) or a positive number of blocks")
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker_mirrored", "data_parallel")
 
 
 @dataclass(frozen=True)
@@ -178,8 +255,25 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        # Checks across sections: colour ops and ImageNet statistics need RGB images.
+        if self.data.channels != 3:
+            for operation in self.augment.ops:
+                if operation.schema.needs_color:
+                    raise UserError(f"augment op {operation.name!r} needs colour images but data.channels = {self.data.channels}: set data.channels = 3 or remove the op")
+            if self.augment.normalization == "imagenet":
+                raise UserError(f"augment.normalization = 'imagenet' needs colour images but data.channels = {self.data.channels}: set data.channels = 3 or use 'unit'")
+        # A second training stage unfreezes a backbone: without one there is nothing to unfreeze.
+        if (self.train.fine_tune_epochs or self.train.unfreeze_top) and not self.model.backbone:
+            raise UserError(
+                f"train.fine_tune_epochs = {self.train.fine_tune_epochs} and train.unfreeze_top = {self.train.unfreeze_top} need model.backbone: "
+                "set model.backbone (run:PATH or keras:NAME) or set both to 0"
+            )
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        values["augment"]["ops"] = [operation.to_json() for operation in self.augment.ops]
+        return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -198,7 +292,9 @@ class Config:
 
     def with_overrides(self, assignments: list[str]) -> "Config":
         """Applies ``section.key=value`` strings, each parsed by the field's type."""
-        config = self
+        # Sections are replaced together at the end, so that checks across sections
+        # (Config.__post_init__) see every override, whatever their order.
+        sections = {name: getattr(self, name) for name in _section_types()}
         for assignment in assignments:
             key, separator, text = assignment.partition("=")
             section_name, dot, field_name = key.strip().partition(".")
@@ -211,16 +307,15 @@ class Config:
             if field_name not in names:
                 raise UserError(f"--set {assignment!r}: {section_name} has no field {field_name!r}; fields are {', '.join(names)}")
             value = _parse_text(text.strip(), _field_type(section_type, field_name), key)
-            section = dataclasses.replace(getattr(config, section_name), **{field_name: value})
-            config = dataclasses.replace(config, **{section_name: section})
-        return config
+            sections[section_name] = dataclasses.replace(sections[section_name], **{field_name: value})
+        return dataclasses.replace(self, **sections)
 
     def smoke(self) -> "Config":
         """The same experiment shrunk to a few hundred images and one epoch."""
         return dataclasses.replace(
             self,
             data=dataclasses.replace(self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"),
-            train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0),
+            train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0, fine_tune_epochs=min(self.train.fine_tune_epochs, 1)),
         )
 
 
@@ -249,6 +344,9 @@ def _parse_text(text: str, annotation, key: str):
 def _coerce(value, annotation, key: str):
     """Converts a value from JSON or text to the field's type, or refuses it by name."""
     origin = typing.get_origin(annotation)
+    if annotation is AugmentOp:
+        # {"name": ..., "params": {...}} from JSON, or name:key=value text from --set.
+        return value if isinstance(value, AugmentOp) else AugmentOp.from_json(value)
     try:
         if origin is tuple:
             if isinstance(value, str) or not isinstance(value, (list, tuple)):

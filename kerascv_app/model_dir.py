@@ -73,8 +73,11 @@ class ModelDirectory:
 
 def register_custom_objects() -> None:
     """Importing these modules registers the layers and schedules a .keras file may name."""
-    import kerascv_app.augment.device  # noqa: F401
+    import kerascv_app.augment.layer  # noqa: F401
     import kerascv_app.ensemble.layers  # noqa: F401
+    import kerascv_app.models.layers  # noqa: F401
+    import kerascv_app.models.identity_init  # noqa: F401
+    import kerascv_app.models.whitening  # noqa: F401
     import kerascv_app.train.optim  # noqa: F401
 
 

@@ -147,3 +147,38 @@ def find_runs(runs_dir: str | Path) -> list[RunDirectory]:
         raise UserError(f"runs folder {runs_dir} does not exist: pass the folder given to kcv fit --runs-dir")
     runs = [RunDirectory(p) for p in sorted(runs_dir.iterdir()) if (p / STATUS_FILE).is_file()]
     return sorted(runs, key=lambda run: run.path.stat().st_mtime)
+
+
+# Package versions recorded in every run's environment.json (None where not installed).
+RECORDED_PACKAGES = ("kerascv_app", "keras", "tensorflow", "tensorflow-datasets", "jax", "jaxlib", "torch", "numpy", "scikit-learn", "pillow")
+
+
+def environment_record(config, backend: str, devices: list[str], prepared, data_dir, engine: dict) -> dict:
+    """environment.json: what a run trained on and with. ``engine`` holds the loop's own facts
+    (distribution, replicas, ...). Keras- and TensorFlow-free, so the fast loop can use it."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    versions = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "backend": backend,
+        "precision": config.train.precision,
+        "devices": devices,
+        **engine,
+        "seed": config.train.seed,
+        "data_source": config.data.source,
+        "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+        "data_fingerprint": prepared.data.fingerprint,
+        "class_names": prepared.class_names,
+        "skipped_files": prepared.data.skipped,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "versions": versions,
+    }

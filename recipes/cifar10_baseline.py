@@ -16,14 +16,14 @@ Expected:  about 0.47 test accuracy on the CIFAR-10 JPEG copy: the source's lear
 Hardware:  see README "Results" and bench/seed_vs_kcv.py (2-core CPU).
 """
 
-from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+from kerascv_app.config import SEED_PRESET, AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
 
 
 def get_config() -> Config:
     return Config(
         name="cifar10_baseline",
         data=DataConfig(source="cifar10", image_size=(32, 32), channels=3, batch_size=128, val_fraction=0.1),
-        augment=AugmentConfig(horizontal_flip=True, crop_padding=4, normalization="symmetric"),
+        augment=AugmentConfig(ops=SEED_PRESET, normalization="symmetric"),
         model=ModelConfig(name="seed_cnn", hidden_units=512),
         train=TrainConfig(epochs=10, optimizer="sgd", learning_rate=0.001, momentum=0.9),
     )

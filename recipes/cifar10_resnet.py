@@ -9,7 +9,7 @@ Command:   kcv fit recipes/cifar10_resnet.py    (downloads CIFAR-10 when online)
 Expected:  see README "Results" for the figures measured so far and their hardware.
 """
 
-from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+from kerascv_app.config import SEED_PRESET, AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
 
 BATCH_SIZE = 128
 BASE_LEARNING_RATE = 0.1  # per 128 images; scaled linearly with the batch size
@@ -19,7 +19,7 @@ def get_config() -> Config:
     return Config(
         name="cifar10_resnet",
         data=DataConfig(source="cifar10", image_size=(32, 32), channels=3, batch_size=BATCH_SIZE, val_fraction=0.1),
-        augment=AugmentConfig(horizontal_flip=True, crop_padding=4, normalization="symmetric"),
+        augment=AugmentConfig(ops=SEED_PRESET, normalization="symmetric"),
         model=ModelConfig(name="resnet", depth=20, width=16),
         train=TrainConfig(
             epochs=30,

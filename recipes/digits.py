@@ -8,7 +8,7 @@ No download: the images ship with scikit-learn, so this recipe is the main job o
 fresh install and the first check that every backend trains.
 """
 
-from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, op
 
 
 def get_config() -> Config:
@@ -16,7 +16,7 @@ def get_config() -> Config:
         name="digits",
         data=DataConfig(source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1, test_fraction=0.2),
         # Digits are not mirror-symmetric: no flips; a one-pixel shift is enough.
-        augment=AugmentConfig(crop_padding=1, normalization="unit"),
+        augment=AugmentConfig(ops=(op("pad_crop", padding=1),), normalization="unit"),
         model=ModelConfig(name="seed_cnn", hidden_units=128, dropout=0.2),
         train=TrainConfig(epochs=15, optimizer="adamw", learning_rate=2e-3, weight_decay=1e-4, schedule="cosine"),
     )

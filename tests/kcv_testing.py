@@ -12,7 +12,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from kerascv_app.backend import select_backend
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig
+from kerascv_app.config import SEED_PRESET, AugmentConfig, Config, DataConfig, ModelConfig, op
 from kerascv_app.errors import UserError
 from kerascv_app.models import create_model, model_names, register_model
 
-TINY = {"seed_cnn": ModelConfig(name="seed_cnn", hidden_units=8, dropout=0.1, l1=1e-5, l2=1e-4), "resnet": ModelConfig(name="resnet", depth=8, width=4)}
+TINY = {"seed_cnn": ModelConfig(name="seed_cnn", hidden_units=8, dropout=0.1, l1=1e-5, l2=1e-4), "resnet": ModelConfig(name="resnet", depth=8, width=4), "airbench_net": ModelConfig(name="airbench_net", width=4)}
 
 
 @pytest.mark.parametrize("name", model_names())
 def test_model_builds_saves_and_reloads(tmp_path, name):
     import keras
 
-    config = Config(data=DataConfig(image_size=(16, 16)), augment=AugmentConfig(horizontal_flip=True, crop_padding=2, placement="device"), model=TINY[name])
+    config = Config(data=DataConfig(image_size=(16, 16)), augment=AugmentConfig(ops=SEED_PRESET + (op("rotate", degrees=10), op("brightness")), placement="device"), model=TINY[name])
     model = create_model(config, num_classes=5)
     inputs = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3)).astype("float32")
     outputs = keras.ops.convert_to_numpy(model(inputs, training=False))

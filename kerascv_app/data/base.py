@@ -40,6 +40,15 @@ class ImageSplit:
         """A tf.data.Dataset of (element, int64 label), in this split's order."""
         raise NotImplementedError
 
+    def to_training_dataset(self, seed: int):
+        """The stream training reads: any order, since the pipeline shuffles it.
+
+        Sources stored in several files (TFRecord shards) override this to read files in
+        parallel and in a seeded order that changes each epoch; the others stream as
+        :meth:`to_dataset` does.
+        """
+        return self.to_dataset()
+
 
 class ArraySplit(ImageSplit):
     """Decoded images held in memory: bundled digits, IDX files, CIFAR batches."""
@@ -100,6 +109,38 @@ class LoadedData:
     skipped: list[str] = field(default_factory=list)
     # What identifies the underlying data (contents or file list), for run records and ensembles.
     fingerprint: str = ""
+
+
+#: Records a stream hands to :func:`select_by_position` at once: per-record work done on
+#: whole batches costs a fraction of the same work done record by record.
+SELECTION_BATCH_SIZE = 256
+
+
+def select_by_position(batches, positions: np.ndarray, labels: np.ndarray, split_size: int):
+    """Keeps the records of a stream that a subset names, with the subset's labels.
+
+    ``batches`` yields ``(positions, elements)`` batches (any size, SELECTION_BATCH_SIZE is
+    a good one) covering every record of a split of ``split_size`` records, where a
+    position is the record's place in the split. The result yields ``(element, label)`` for
+    the records at ``positions``, in stream order, each as often as ``positions`` names it
+    (bootstrap samples), labelled from ``labels`` rather than from the records, so that
+    relabelling (data.classes) applies to the stream too.
+    """
+    import tensorflow as tf
+
+    label_by_position = np.zeros(split_size, dtype=np.int64)
+    label_by_position[positions] = labels
+    copies_by_position = np.bincount(positions, minlength=split_size)
+    label_table, copies_table = tf.constant(label_by_position), tf.constant(copies_by_position)
+
+    def select(batch_positions, batch_elements):
+        # A copy count of 0 drops a record, 2 repeats it: one vectorised op per batch.
+        copies = tf.gather(copies_table, batch_positions)
+        return tf.repeat(batch_elements, copies, axis=0), tf.repeat(tf.gather(label_table, batch_positions), copies, axis=0)
+
+    dataset = batches.map(select, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    # Known length for progress bars; also fails loudly if the records ever changed under us.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(positions)))
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:

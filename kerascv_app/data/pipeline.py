@@ -55,13 +55,14 @@ def make_dataset(
 ):
     """Builds the batched dataset for one split.
 
-    ``training`` turns on shuffling, pipeline augmentation and drops nothing: the last
-    partial batch is kept so that every image is seen each epoch.
+    ``training`` turns on shuffling and the augmentation ops placed in the pipeline (all of
+    them for ``placement = "pipeline"``, the label-mixing ones for ``"device"``), and drops
+    nothing: the last partial batch is kept so that every image is seen each epoch.
     """
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
-    dataset = split.to_dataset()
+    dataset = split.to_training_dataset(seed) if training else split.to_dataset()
     if split.element_kind == "encoded":
         dataset = dataset.map(
             lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label),
@@ -79,12 +80,15 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)
-    if training and augment is not None and augment.placement == "pipeline":
-        from kerascv_app.augment.pipeline import augment_batches
-
-        dataset = augment_batches(dataset, augment, seed)
+    # One-hot before augmentation: mixup and cutmix mix the labels with the images.
     dataset = dataset.map(
         lambda images, labels: (images, tf.one_hot(labels, num_classes, dtype=tf.float32)),
         num_parallel_calls=autotune,
     )
+    if training and augment is not None:
+        from kerascv_app.augment.pipeline import augment_batches
+        from kerascv_app.augment.spec import split_by_placement
+
+        pipeline_ops, _ = split_by_placement(augment.ops, augment.placement)
+        dataset = augment_batches(dataset, pipeline_ops, seed, data.channels)
     return dataset.prefetch(autotune)

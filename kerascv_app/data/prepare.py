@@ -47,4 +47,10 @@ def evaluation_dataset(prepared: PreparedData, config: Config, split_name: str):
     split = getattr(prepared.splits, split_name)
     if len(split) == 0:
         return None
+    if config.train.loop == "fast":
+        # The fast loop's runs are read as uint8 arrays, without TensorFlow, in training and after.
+        from kerascv_app.data.arrays import ArrayBatches, split_arrays
+
+        arrays = split_arrays(split, config.data.image_size, config.data.channels, prepared.data.fingerprint)
+        return ArrayBatches(arrays, prepared.num_classes, config.data.batch_size)
     return make_dataset(split, prepared.num_classes, config.data, training=False)

@@ -6,6 +6,7 @@
     cifar10, cifar100 the original python-format archive (or its extracted batches)
     folder:PATH       a class-per-folder image tree, or a .tar/.tar.gz of one
     tfds:NAME         a tensorflow-datasets dataset prepared in --data-dir
+    tfrecord:DIR      sharded TFRecords written by kcv convert (streamed, any size)
 """
 
 from __future__ import annotations
@@ -46,13 +47,17 @@ def load_source(source: str, data_dir: str | Path | None = None) -> LoadedData:
         if not argument:
             raise UserError("data.source = 'tfds:' names no dataset: write tfds:NAME, e.g. tfds:mnist")
         return load_tfds(argument, data_dir)
+    if kind == "tfrecord":
+        from kerascv_app.data.tfrecord import load_tfrecord
+
+        return load_tfrecord(_required_path(argument, data_dir, source))
     raise UserError(
-        f"data.source = {source!r} is unknown: use digits, fashion_mnist, idx:DIR, cifar10, cifar100, folder:PATH or tfds:NAME"
+        f"data.source = {source!r} is unknown: use digits, fashion_mnist, idx:DIR, cifar10, cifar100, folder:PATH, tfds:NAME or tfrecord:DIR"
     )
 
 
 def _required_path(argument: str, data_dir: Path | None, source: str) -> Path:
-    """folder: and idx: take a path; an empty one means --data-dir, a relative one is under it."""
+    """folder:, idx: and tfrecord: take a path; an empty one means --data-dir, a relative one is under it."""
     if not argument:
         if data_dir is None:
             raise UserError(f"data.source = {source!r} needs a path: write {source}PATH or pass --data-dir PATH")

@@ -40,6 +40,8 @@ def make_splits(data: LoadedData, config: DataConfig) -> Splits:
     train, test = data.train, data.test
     if test is None:
         train, test = _stratified_split(train, config.test_fraction, seed + 1, "test")
+    if config.labelled_per_class:
+        train = _per_class_cap(train, config.labelled_per_class, seed)
     validation = data.validation
     if validation is None:
         if config.val_fraction > 0:
@@ -66,6 +68,16 @@ def _stratified_split(split: ImageSplit, fraction: float, seed: int, what: str):
     except ValueError as error:
         raise UserError(f"cannot hold out a {what} split of {fraction:.0%} from {len(split)} images: {error}")
     return split.subset(np.sort(kept)), split.subset(np.sort(held_out))
+
+
+def _per_class_cap(split: ImageSplit, limit: int, seed: int) -> ImageSplit:
+    """At most ``limit`` images of each class, drawn at random (seeded), in their original order."""
+    random = np.random.default_rng(seed + 3)
+    kept = []
+    for label in np.unique(split.labels):
+        indices = np.flatnonzero(split.labels == label)
+        kept.append(random.choice(indices, size=min(limit, len(indices)), replace=False))
+    return split.subset(np.sort(np.concatenate(kept))) if kept else split
 
 
 def _stratified_cap(split: ImageSplit, limit: int, seed: int) -> ImageSplit:

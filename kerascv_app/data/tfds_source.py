@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascv_app.data.base import ImageSplit, LoadedData, fingerprint_arrays, fingerprint_ids
+from kerascv_app.data.base import SELECTION_BATCH_SIZE, ImageSplit, LoadedData, fingerprint_arrays, fingerprint_ids, select_by_position
 from kerascv_app.data.download import first_line
 from kerascv_app.errors import UserError
 
@@ -47,22 +47,9 @@ class TfdsSplit(ImageSplit):
         return TfdsSplit(self.builder, self.split_name, self.image_key, self.labels[indices], self.ids[indices], self.split_size)
 
     def to_dataset(self):
-        import tensorflow as tf
-
-        # Labels come from this split's own array, looked up by position, so that relabelling
-        # (data.classes) applies to the stream too.
-        label_by_position = np.zeros(self.split_size, dtype=np.int64)
-        label_by_position[self.ids] = self.labels
-        copies_by_position = np.bincount(self.ids, minlength=self.split_size)
-        label_table, copies_table = tf.constant(label_by_position), tf.constant(copies_by_position)
-        dataset = _records(self.builder, self.split_name, self.image_key).map(lambda record: record[self.image_key]).enumerate()
-        if copies_by_position.max(initial=0) > 1:
-            dataset = dataset.flat_map(lambda position, image: tf.data.Dataset.from_tensors((position, image)).repeat(copies_table[position]))
-        elif len(self) < self.split_size:
-            dataset = dataset.filter(lambda position, image: copies_table[position] > 0)
-        dataset = dataset.map(lambda position, image: (image, tf.gather(label_table, position)), num_parallel_calls=tf.data.AUTOTUNE)
-        # Known length for progress bars; also fails loudly if the records ever changed under us.
-        return dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        images = _records(self.builder, self.split_name, self.image_key).map(lambda record: record[self.image_key])
+        batches = images.enumerate().batch(SELECTION_BATCH_SIZE)
+        return select_by_position(batches, self.ids, self.labels, self.split_size)
 
 
 def load_tfds(name: str, data_dir: Path | None) -> LoadedData:

@@ -71,8 +71,9 @@ def open_evaluated_directory(path: str | Path) -> RunDirectory:
     return run
 
 
-def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None) -> dict:
-    """Recomputes the test metrics of a finished run from its saved model."""
+def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False) -> dict:
+    """Recomputes the test metrics of a finished run from its saved model, optionally
+    with test-time augmentation (flip and one-pixel shifts)."""
     config = Config.from_dict(run.read_json("config.json"))
     model = open_model_directory(run.path).load_model()
     environment = run.read_json("environment.json")
@@ -80,5 +81,5 @@ def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None) -> dict:
     recorded = run.read_json("splits.json")
     if prepared.splits.record()["test_fingerprint"] != recorded["test_fingerprint"]:
         raise UserError(f"the test images found now differ from those {run.path} was evaluated on: pass the --data-dir it was trained with")
-    probabilities, labels = predict_probabilities(model, evaluation_dataset(prepared, config, "test"))
+    probabilities, labels = predict_probabilities(model, evaluation_dataset(prepared, config, "test"), test_time_augmentation)
     return classification_metrics(probabilities, labels, prepared.class_names)

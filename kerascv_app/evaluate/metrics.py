@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def predict_probabilities(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Runs the model over a dataset of (images, one-hot labels): probabilities and labels."""
+def predict_probabilities(model, dataset, test_time_augmentation: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the model over a dataset of (images, one-hot labels): probabilities and labels.
+
+    ``test_time_augmentation`` averages the logits of flipped and shifted views (kerascv_app/evaluate/tta.py).
+    """
     import keras
+
+    from kerascv_app.evaluate.tta import tta_logits
 
     probabilities, labels = [], []
     for images, one_hot in dataset.as_numpy_iterator():
-        logits = keras.ops.convert_to_numpy(model(images, training=False))
+        if test_time_augmentation:
+            logits = keras.ops.convert_to_numpy(tta_logits(lambda views: model(views, training=False), images))
+        else:
+            logits = keras.ops.convert_to_numpy(model(images, training=False))
         probabilities.append(softmax(logits.astype(np.float64)))
         labels.append(one_hot.argmax(axis=-1))
     if not probabilities:

@@ -39,15 +39,19 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path
 
 
 def plot_curves(history: dict[str, list[float]], path: Path) -> None:
-    """Loss and accuracy per epoch, training against validation."""
+    """Loss and accuracy per epoch, training against validation; a transfer run's
+    fine-tuning stage starts at the dotted line."""
     plt = _pyplot()
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    stages = history.get("stage", [])
     for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + key)
             if values:
                 axes.plot(epochs[: len(values)], values, marker="o", label=label)
+        if len(set(stages)) > 1:
+            axes.axvline(stages.index(max(stages)) + 0.5, color="gray", linestyle=":", label="stage 2 (fine-tuning)")
         axes.set_xlabel("epoch")
         axes.set_title(key)
         axes.grid(alpha=0.3)

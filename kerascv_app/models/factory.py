@@ -2,6 +2,9 @@
 
     image (uint8-valued) -> [device augmentation] -> normalisation -> builder -> logits
 
+Device augmentation is the recipe's image ops when ``augment.placement = "device"``
+(label-mixing ops stay in the tf.data pipeline); it is the identity at inference.
+
 Normalisation lives in the model so that evaluation, prediction and export apply
 exactly the preprocessing used in training. Logits are float32 even under mixed
 precision, so the loss is computed in full precision.
@@ -9,11 +12,15 @@ precision, so the loss is computed in full precision.
 
 from __future__ import annotations
 
+from kerascv_app.augment.spec import split_by_placement
 from kerascv_app.config import Config
 from kerascv_app.models.registry import get_builder
 
 # (scale, offset) applied to [0, 255] pixels.
-NORMALIZATIONS = {"symmetric": (1 / 127.5, -1.0), "unit": (1 / 255.0, 0.0), "none": (1.0, 0.0)}
+RESCALINGS = {"symmetric": (1 / 127.5, -1.0), "unit": (1 / 255.0, 0.0), "none": (1.0, 0.0)}
+# ImageNet's channel statistics in [0, 255] pixels, for backbones pretrained with them.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def create_model(config: Config, num_classes: int):
@@ -24,13 +31,32 @@ def create_model(config: Config, num_classes: int):
     height, width = config.data.image_size
     inputs = keras.Input((height, width, config.data.channels), name="image")
     x = inputs
-    augment = config.augment
-    if augment.placement == "device" and (augment.horizontal_flip or augment.crop_padding):
-        from kerascv_app.augment.device import DeviceAugmentation
+    _, device_ops = split_by_placement(config.augment.ops, config.augment.placement)
+    if device_ops:
+        from kerascv_app.augment.layer import Augmentation
 
-        x = DeviceAugmentation(augment.horizontal_flip, augment.crop_padding, seed=config.train.seed, name="augment")(x)
-    scale, offset = NORMALIZATIONS[augment.normalization]
-    x = layers.Rescaling(scale, offset, name="normalize")(x)
-    logits = builder(x, num_classes, config.model)
+        # float32 whatever the precision policy: pixel arithmetic in [0, 255].
+        x = Augmentation([operation.to_json() for operation in device_ops], seed=config.train.seed, channels=config.data.channels, dtype="float32", name="augment")(x)
+    if config.model.backbone:
+        from kerascv_app.models.transfer import transfer_head
+
+        # The backbone brings its own preprocessing: augment.normalization is not applied on top.
+        logits = transfer_head(x, num_classes, config)
+    else:
+        x = normalization_layer(config.augment.normalization)(x)
+        logits = builder(x, num_classes, config.model)
     logits = layers.Activation("linear", dtype="float32", name="logits")(logits)
     return keras.Model(inputs, logits, name=config.name)
+
+
+def normalization_layer(name: str):
+    """The layer that maps [0, 255] pixels to what the network expects, saved with the model."""
+    from keras import layers
+
+    if name == "imagenet":
+        return layers.Normalization(mean=IMAGENET_MEAN, variance=[std**2 for std in IMAGENET_STD], name="normalize")
+    scale, offset = RESCALINGS[name]
+    # float32 under every precision policy: k / 127.5 - 1 is not exact in bfloat16 (a quarter
+    # of a pixel level lost), and a first layer that needs the pixels exactly (airbench_net's
+    # patch whitening, float32 itself) gets them; the next layer casts to its own dtype.
+    return layers.Rescaling(scale, offset, dtype="float32", name="normalize")

@@ -35,4 +35,4 @@ def model_names() -> list[str]:
 
 def _import_builtin_models() -> None:
     # Importing the modules runs their @register_model decorators.
-    from kerascv_app.models import resnet, seed_cnn  # noqa: F401
+    from kerascv_app.models import fast_cifar, resnet, seed_cnn  # noqa: F401

@@ -35,6 +35,33 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return {"peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps, "rise_fraction": self.rise_fraction}
 
 
+@keras.saving.register_keras_serializable(package="kerascv_app")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """airbench's triangle: a linear rise from ``start_factor`` x peak at step 0 to the peak
+    at ``warmup_steps``, then a linear fall to ``end_factor`` x peak at ``total_steps``."""
+
+    def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int, start_factor: float = 0.2, end_factor: float = 0.07):
+        self.peak_learning_rate = peak_learning_rate
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.start_factor = start_factor
+        self.end_factor = end_factor
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup_steps = max(1.0, float(self.warmup_steps))
+        decay_steps = max(1.0, float(self.total_steps - self.warmup_steps))
+        rising = self.start_factor + (1.0 - self.start_factor) * ops.minimum(step / warmup_steps, 1.0)
+        falling = 1.0 + (self.end_factor - 1.0) * ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        return self.peak_learning_rate * ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self):
+        return {
+            "peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+            "start_factor": self.start_factor, "end_factor": self.end_factor,
+        }
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
     total_steps = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "constant":
@@ -42,6 +69,8 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
     if config.schedule == "onecycle":
         return OneCycle(config.learning_rate, total_steps)
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if config.schedule == "linear":
+        return LinearWarmupDecay(config.learning_rate, total_steps, warmup_steps)
     if warmup_steps:
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
