@@ -72,6 +72,12 @@ class ArraySplit(ImageSplit):
 
         return tf.data.Dataset.from_tensor_slices((self.images, self.labels))
 
+    def to_training_dataset(self, seed: int):
+        # Arrays may be sorted by class (a stratified subset keeps the source's order), and
+        # the pipeline's bounded shuffle buffer cannot mix a class-sorted stream: start from
+        # a seeded permutation (one copy of the arrays; the buffer varies each epoch's order).
+        return self.subset(np.random.default_rng(seed).permutation(len(self))).to_dataset()
+
 
 class FileSplit(ImageSplit):
     """Encoded image files on disk, read one by one while training (streams)."""
@@ -87,11 +93,29 @@ class FileSplit(ImageSplit):
         return FileSplit(self.paths[indices], self.labels[indices])
 
     def to_dataset(self):
+
+        return self._read(self._paths_and_labels())
+
+    def to_training_dataset(self, seed: int):
+        # Folders list their files class by class, and the pipeline's bounded shuffle buffer
+        # (data.shuffle_buffer) cannot mix a class-sorted stream of 50,000 images (measured:
+        # the CIFAR-10 baseline reached 0.31 test accuracy instead of 0.53). The paths, not the images, are
+        # shuffled in full, in a new seeded order each epoch: a few bytes per file.
+
+        listing = self._paths_and_labels()
+        return self._read(listing.shuffle(max(len(self), 1), seed=seed, reshuffle_each_iteration=True))
+
+    def _paths_and_labels(self):
         import tensorflow as tf
 
         paths = tf.constant(self.paths.astype(str) if len(self.paths) else np.zeros([0], dtype=str))
-        dataset = tf.data.Dataset.from_tensor_slices((paths, self.labels))
-        return dataset.map(lambda path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+        return tf.data.Dataset.from_tensor_slices((paths, self.labels))
+
+    @staticmethod
+    def _read(listing):
+        import tensorflow as tf
+
+        return listing.map(lambda path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 @dataclass
