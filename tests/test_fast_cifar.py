@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import site
@@ -321,18 +320,13 @@ def site_packages_without_tensorflow(folder: Path) -> Path:
     return folder
 
 
-def backend_without_tensorflow() -> str:
-    """The backend under test, or JAX (the fast loop's target) when that is TensorFlow."""
-    if BACKEND != "tensorflow":
-        return BACKEND
-    return "jax" if importlib.util.find_spec("jax") else "torch"
-
-
-@pytest.mark.skipif(BACKEND == "tensorflow" and not (importlib.util.find_spec("jax") or importlib.util.find_spec("torch")), reason="needs jax or torch: the tox tensorflow environment has neither")
+# Run by the jax and torch environments; the tensorflow one has no TensorFlow-free backend
+# installed, and deselects it (tests/conftest.py).
+@pytest.mark.other_backend_than_tensorflow
 def test_the_whole_fast_path_runs_where_tensorflow_is_not_installed(tmp_path, image_source):
     packages = site_packages_without_tensorflow(tmp_path / "site")
     environment = {
-        **os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(REPO_ROOT)]), "KERAS_BACKEND": backend_without_tensorflow(),
+        **os.environ, "PYTHONPATH": os.pathsep.join([str(packages), str(REPO_ROOT)]), "KERAS_BACKEND": BACKEND,
     }
 
     def python(*arguments):
