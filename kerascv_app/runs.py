@@ -19,6 +19,7 @@ A run is finished only when ``run.json`` says so; that line is written last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -76,6 +77,18 @@ class RunDirectory:
 
     def status_record(self) -> dict:
         return json.loads((self.path / STATUS_FILE).read_text())
+
+    @contextlib.contextmanager
+    def marking_failures(self):
+        """Training inside: a Ctrl-C marks the run interrupted, an error marks it failed."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.set_status("interrupted")
+            raise
+        except Exception:
+            self.set_status("failed")
+            raise
 
     def set_status(self, status: str, **fields) -> None:
         record = {}

@@ -97,15 +97,9 @@ def fit_fast(config: Config, recipe_source: str, backend: str, data_dir=None, ru
     run.file("recipe.py").write_text(recipe_source)
     run.write_json("environment.json", fast_environment(config, backend, prepared, data_dir))
     run.write_json("splits.json", prepared.splits.record())
-    try:
+    with run.marking_failures():
         result = trainer.run()
         finish_run(run, model, config, prepared, arrays["test"], result, data_seconds, wall_start)
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
-        raise
-    except Exception:
-        run.set_status("failed")
-        raise
     return run
 
 

@@ -134,7 +134,7 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
     if validation_dataset is not None:
         validation_dataset = distribution.adapt_dataset(validation_dataset, config.data.batch_size)
     has_validation = validation_dataset is not None
-    try:
+    with run.marking_failures():
         if config.model.backbone:
             from kerascv_app.train.stages import fit_in_stages
 
@@ -154,12 +154,6 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
                 # The dataset is already shuffled by tf.data; Keras cannot shuffle a dataset.
                 shuffle=False,
             )
-    except KeyboardInterrupt:
-        run.set_status("interrupted")
-        raise
-    except Exception:
-        run.set_status("failed")
-        raise
     best_path = run.file("best.weights.h5")
     if config.train.keep_best and best_path.is_file():
         model.load_weights(best_path)
