@@ -1,0 +1,362 @@
+"""Checkpoints that survive any kill, and training that resumes at the next batch.
+
+A checkpoint is a folder ``backup/checkpoint-<stage>-<epoch>-<batch>/`` holding
+
+- ``model.weights.h5``: Keras's ``model.save_weights``: the weights and the optimizer's
+  variables (iterations, hence the learning-rate schedule's position; moments; the EMA;
+  accumulated gradients);
+- ``rng.npz``: the states of the model's SeedGenerators (device augmentation, dropout),
+  which Keras's weights file does not hold;
+- ``position.json``: where training stands (stage, epoch, batches done in it), the state
+  of the callbacks that keep some (best value so far, early-stopping patience), and the
+  SHA-256 of the two files, written last.
+
+It is written into ``backup/.partial-...``, every file flushed and fsynced, then renamed
+into place (a rename is atomic) and the folder fsynced; the previous checkpoint is removed
+only after that, and the newest :data:`KEEP` are kept. A resume checks the hashes and falls
+back to the previous checkpoint when the newest is damaged, saying so in one line.
+
+The training data of an epoch is a pure function of (seed, epoch)
+(:func:`kerascv_app.data.pipeline.make_training_epochs`), so a resumed run skips the
+batches the checkpoint had consumed and trains the rest of that epoch in one ``fit`` call,
+then the remaining epochs in another: Keras's own loop, callbacks and saving throughout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerascv_app.config import parse_checkpoint_every
+
+#: Complete checkpoints kept: the newest, and the one before it in case the newest is damaged.
+KEEP = 2
+WEIGHTS_FILE = "model.weights.h5"
+RNG_FILE = "rng.npz"
+POSITION_FILE = "position.json"
+#: Fault injection for the resume tests: "EPOCH:BATCH" (0-based epoch, batches done in it)
+#: makes the process SIGKILL itself after that batch and its checkpoint logic; "EPOCH:0"
+#: after the epoch's end and its checkpoint (the epoch boundary).
+KILL_AT_VARIABLE = "KCV_KILL_AT"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: ``batch`` batches of ``epoch`` are done (0: the epoch starts)."""
+
+    stage: int
+    epoch: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"checkpoint-{self.stage}-{self.epoch:06d}-{self.batch:06d}"
+
+
+@dataclass
+class Restored:
+    position: Position
+    callback_state: dict = field(default_factory=dict)
+
+
+class CheckpointDamaged(Exception):
+    pass
+
+
+def seed_generators(model) -> list:
+    """The model's SeedGenerators in a fixed order (the model is rebuilt the same way on resume)."""
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                found.append(generator)
+    return found
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    """The checkpoints of one run, in its backup folder."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoint folders, newest first (partial ones start with a dot)."""
+        if not self.directory.is_dir():
+            return []
+        found = [path for path in self.directory.iterdir() if path.is_dir() and path.name.startswith("checkpoint-")]
+        return sorted(found, key=lambda path: path.name, reverse=True)
+
+    def save(self, model, position: Position, callback_state: dict) -> Path:
+        final = self.directory / position.name
+        if final.is_dir():
+            return final  # The same position again (a resumed run's first checkpoint): the same state.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / f".partial-{position.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        model.save_weights(str(partial / WEIGHTS_FILE))
+        states = [keras.ops.convert_to_numpy(generator.state.value) for generator in seed_generators(model)]
+        with open(partial / RNG_FILE, "wb") as handle:
+            np.savez(handle, *states)
+        record = {
+            "stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state,
+            "sha256": {name: _sha256(partial / name) for name in (WEIGHTS_FILE, RNG_FILE)},
+        }
+        (partial / POSITION_FILE).write_text(json.dumps(record, indent=2, default=float) + "\n")
+        for name in (WEIGHTS_FILE, RNG_FILE, POSITION_FILE):
+            _fsync_file(partial / name)
+        _fsync_directory(partial)
+        os.replace(partial, final)
+        _fsync_directory(self.directory)
+        # Only now, with the new one complete, may older ones go.
+        for old in self.complete()[KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def read_position(path: Path) -> Restored:
+        try:
+            record = json.loads((path / POSITION_FILE).read_text())
+            for name, digest in record["sha256"].items():
+                if _sha256(path / name) != digest:
+                    raise CheckpointDamaged(f"{name} does not match its checksum")
+            return Restored(Position(int(record["stage"]), int(record["epoch"]), int(record["batch"])), record.get("callbacks", {}))
+        except CheckpointDamaged:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointDamaged(f"{type(error).__name__}: {error}") from error
+
+    def latest(self, warn=lambda message: print(message, file=sys.stderr)) -> tuple[Path, Restored] | None:
+        """The newest undamaged checkpoint; each damaged newer one is named in one line."""
+        candidates = self.complete()
+        for index, path in enumerate(candidates):
+            try:
+                restored = self.read_position(path)
+            except CheckpointDamaged as error:
+                following = candidates[index + 1].name if index + 1 < len(candidates) else "none left"
+                warn(f"warning: checkpoint {path} is damaged ({error}): falling back to the one before ({following})")
+                continue
+            return path, restored
+        return None
+
+    @staticmethod
+    def load(model, path: Path) -> None:
+        """Loads a checkpoint read by :meth:`latest` into a compiled model."""
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(str(path / WEIGHTS_FILE))
+        generators = seed_generators(model)
+        with np.load(path / RNG_FILE) as saved:
+            states = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+        if len(states) != len(generators):
+            raise CheckpointDamaged(f"{len(states)} random generator states for a model with {len(generators)}")
+        for generator, state in zip(generators, states):
+            generator.state.assign(state)
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Writes a checkpoint every ``train.checkpoint_every`` and at every epoch's end.
+
+    ``first_batch`` is the number of batches of the first epoch that an earlier process
+    trained (a resumed run's ``fit`` starts counting at 0 again); ``stateful`` are the
+    callbacks whose ``get_state()``/``set_state()`` travel in the checkpoint.
+    """
+
+    def __init__(self, store: CheckpointStore, stage: int, every: str, stateful: dict, steps_per_epoch: int):
+        super().__init__()
+        self.store = store
+        self.stage = stage
+        self.every_steps, self.every_seconds = parse_checkpoint_every(every)
+        self.stateful = stateful
+        self.steps_per_epoch = steps_per_epoch
+        self.first_batch = 0
+        self._epoch = 0
+        self._first_epoch_of_fit = True
+        self._last_save = time.monotonic()
+        self._steps_since_save = 0
+        kill_at = os.environ.get(KILL_AT_VARIABLE)
+        self._kill_at = tuple(int(part) for part in kill_at.split(":")) if kill_at else None
+        self.seconds_saving = 0.0
+        self.saves = 0
+
+    def start_fit(self, first_batch: int) -> None:
+        self.first_batch = first_batch
+        self._first_epoch_of_fit = True
+
+    def save(self, position: Position) -> None:
+        started = time.perf_counter()
+        state = {name: callback.get_state() for name, callback in self.stateful.items()}
+        self.store.save(self.model, position, state)
+        self.seconds_saving += time.perf_counter() - started
+        self.saves += 1
+        self._last_save = time.monotonic()
+        self._steps_since_save = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._offset = self.first_batch if self._first_epoch_of_fit else 0
+        self._first_epoch_of_fit = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._offset + batch + 1
+        self._steps_since_save += 1
+        if done < self.steps_per_epoch:
+            due = (self.every_steps and self._steps_since_save >= self.every_steps) or (
+                self.every_seconds and time.monotonic() - self._last_save >= self.every_seconds
+            )
+            if due:
+                self.save(Position(self.stage, self._epoch, done))
+        self._maybe_kill(self._epoch, done)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(Position(self.stage, epoch + 1, 0))
+        self._maybe_kill(epoch, 0)
+
+    def _maybe_kill(self, epoch: int, batch: int) -> None:
+        if self._kill_at == (epoch, batch):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counter and best value survive a resume and a second
+    ``fit`` call (Keras's resets them in ``on_train_begin``)."""
+
+    _started = False
+
+    def on_train_begin(self, logs=None):
+        if not self._started:
+            super().on_train_begin(logs)
+            self._started = True
+
+    def get_state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"wait": self.wait, "best": best, "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
+
+    def set_state(self, state: dict) -> None:
+        super().on_train_begin()
+        self._started = True
+        self.wait, self.best, self.best_epoch, self.stopped_epoch = state["wait"], state["best"], state["best_epoch"], state["stopped_epoch"]
+
+
+class BestWeights(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint(save_best_only) whose best value survives a resume, written through a
+    fsynced temporary file and a rename, with the EMA weights swapped in when ``use_ema``."""
+
+    def __init__(self, path: Path, monitor: str, use_ema: bool):
+        self.final_path = Path(path)
+        self.partial_path = self.final_path.with_name(".partial-" + self.final_path.name)
+        super().__init__(str(self.partial_path), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True)
+        self.use_ema = use_ema
+
+    def _save_model(self, epoch, batch, logs):
+        before = self.best
+        swapper = None
+        if self.use_ema:
+            swapper = keras.callbacks.SwapEMAWeights()
+            swapper.set_model(self.model)
+            swapper._swap_variables()
+        try:
+            super()._save_model(epoch, batch, logs)
+        finally:
+            if swapper is not None:
+                swapper._swap_variables()
+        if self.best != before and self.partial_path.is_file():
+            _fsync_file(self.partial_path)
+            os.replace(self.partial_path, self.final_path)
+
+    def get_state(self) -> dict:
+        return {"best": None if self.best is None else float(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.best = state["best"]
+
+
+def truncate_history(path: Path, end_epoch: int) -> None:
+    """Keeps the history rows of epochs before ``end_epoch``: a killed run may have logged
+    an epoch whose checkpoint it did not write, which the resumed run trains again."""
+    import csv
+
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, [row for row in reader if int(row["epoch"]) < end_epoch]
+    if not fields:
+        return
+    temporary = path.with_name(".history.csv.partial")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+class LossNotFinite(Exception):
+    """The training loss became NaN or infinite (raised by :class:`FailOnNonFiniteLoss`)."""
+
+    def __init__(self, epoch: int, batch: int, loss):
+        super().__init__(f"the training loss became {loss} at epoch {epoch + 1}, batch {batch + 1}")
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+class FailOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
+    """Keras's TerminateOnNaN, raising an error that names the epoch and batch. Raising (not
+    stopping) keeps fit from ending normally, so the run is marked failed, its checkpoints kept."""
+
+    def __init__(self):
+        super().__init__(raise_error=True)
+        self._epoch = 0
+        self.first_batch = 0
+        self._first_epoch_of_fit = True
+
+    def start_fit(self, first_batch: int) -> None:
+        self.first_batch = first_batch
+        self._first_epoch_of_fit = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._offset = self.first_batch if self._first_epoch_of_fit else 0
+        self._first_epoch_of_fit = False
+
+    def on_batch_end(self, batch, logs=None):
+        try:
+            super().on_batch_end(batch, logs)
+        except RuntimeError as error:
+            raise LossNotFinite(self._epoch, self._offset + batch, (logs or {}).get("loss")) from error
