@@ -121,8 +121,6 @@ class CheckpointStore:
 
     def save(self, model, position: Position, callback_state: dict) -> Path:
         final = self.directory / position.name
-        if final.is_dir():
-            return final  # The same position again (a resumed run's first checkpoint): the same state.
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".partial-{position.name}"
         shutil.rmtree(partial, ignore_errors=True)
@@ -139,7 +137,16 @@ class CheckpointStore:
         for name in (WEIGHTS_FILE, RNG_FILE, POSITION_FILE):
             _fsync_file(partial / name)
         _fsync_directory(partial)
-        os.replace(partial, final)
+        if final.is_dir():
+            # The same position written again (after a resume from a damaged newer one, it
+            # may be that damaged one): set aside, never left without a complete newest.
+            replaced = self.directory / f".replaced-{position.name}"
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
+            os.replace(partial, final)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.replace(partial, final)
         _fsync_directory(self.directory)
         # Only now, with the new one complete, may older ones go.
         for old in self.complete()[KEEP:]:

@@ -224,7 +224,8 @@ def _epoch_trainer(run, config: Config, prepared: PreparedData, model, show_prog
         checkpoint.set_model(model)
         if resume_from is not None and resume_from[1].position.stage == stage:
             path, restored = resume_from
-            store.load(model, path)
+            with distribution.scope():
+                store.load(model, path)
             for name, callback in stateful.items():
                 if name in restored.callback_state:
                     callback.set_state(restored.callback_state[name])
@@ -234,6 +235,10 @@ def _epoch_trainer(run, config: Config, prepared: PreparedData, model, show_prog
         else:
             stopped_early = False
             start = Position(stage, first_epoch, 0)
+            # Built now, so that this first checkpoint holds the optimizer's (zero) state too.
+            if not model.optimizer.built:
+                with distribution.scope():
+                    model.optimizer.build(model.trainable_variables)
             # Written before the first step, so that a kill at any later moment can be resumed.
             checkpoint.save(start)
         fits = []  # (first epoch, end epoch, batches of the first epoch already trained)
