@@ -79,7 +79,7 @@ def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_e
     checkpoints = sorted(path.name for path in (run_dir / "backup").iterdir())
     assert checkpoints == ["checkpoint-1-000000-000008", "checkpoint-1-000000-000010"]
     # A kill while the newest was written: damaged, so the resume falls back to batch 8.
-    newest = run_dir / "backup" / checkpoints[-1] / "model.weights.h5"
+    newest = run_dir / "backup" / checkpoints[-1] / "state.npz"
     newest.write_bytes(newest.read_bytes()[:100])
     killed = resume_killed_at(run_dir, "0:0")
     assert killed.returncode == -9, killed.stderr
@@ -244,5 +244,5 @@ def test_every_damaged_checkpoint_is_named_and_skipped(tmp_path):
     warnings = []
     path, restored = store.latest(warn=warnings.append)
     assert restored.position == Position(1, 0, 2) and len(warnings) == 1 and "000003 is damaged" in warnings[0]
-    (path / "rng.npz").write_bytes(b"garbage")
+    (path / "state.npz").write_bytes(b"garbage")
     assert store.latest(warn=warnings.append) is None and len(warnings) == 3
