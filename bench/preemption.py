@@ -54,9 +54,10 @@ def child(stats_path: str, step_path: str, arguments: list[str]) -> None:
         stats["saves"] += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        original_batch_end(self, batch, logs)
+        # Before the checkpoint logic: the batch is trained even if a kill comes during it.
         step = self._epoch * self.steps_per_epoch + self._offset + batch + 1
         os.pwrite(step_file, f"{step:12d}".encode(), 0)
+        original_batch_end(self, batch, logs)
 
     def on_train_begin(self, logs=None):
         self._fit_started = time.perf_counter()

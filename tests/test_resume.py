@@ -77,13 +77,13 @@ def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_e
 
     # Last batch, killed before the epoch's end: checkpoints after batches 8 and 10 (every 2).
     checkpoints = sorted(path.name for path in (run_dir / "backup").iterdir())
-    assert checkpoints == ["checkpoint-1-000000-000008", "checkpoint-1-000000-000010"]
+    assert checkpoints == ["checkpoint-1-000000-000008.npz", "checkpoint-1-000000-000010.npz"]
     # A kill while the newest was written: damaged, so the resume falls back to batch 8.
-    newest = run_dir / "backup" / checkpoints[-1] / "state.npz"
+    newest = run_dir / "backup" / checkpoints[-1]
     newest.write_bytes(newest.read_bytes()[:100])
     killed = resume_killed_at(run_dir, "0:0")
     assert killed.returncode == -9, killed.stderr
-    assert re.search(r"checkpoint \S+checkpoint-1-000000-000010 is damaged .*falling back", killed.stderr), killed.stderr
+    assert re.search(r"checkpoint \S+checkpoint-1-000000-000010.npz is damaged .*falling back", killed.stderr), killed.stderr
     assert f"at epoch 1, batch 9 of {STEPS}" in killed.stderr
 
     # The epoch boundary: killed right after the end-of-epoch checkpoint.
@@ -237,12 +237,17 @@ def test_every_damaged_checkpoint_is_named_and_skipped(tmp_path):
     store = CheckpointStore(tmp_path / "backup")
     for batch in (1, 2, 3):
         store.save(model, Position(1, 0, batch), {})
-    # Only the newest two are kept, and no partial folder is left behind.
-    assert [path.name for path in store.complete()] == ["checkpoint-1-000000-000003", "checkpoint-1-000000-000002"]
-    assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == ["checkpoint-1-000000-000002", "checkpoint-1-000000-000003"]
-    (store.complete()[0] / "position.json").write_text("{")
+    # Only the newest two are kept, and no partial file is left behind.
+    names = ["checkpoint-1-000000-000003.npz", "checkpoint-1-000000-000002.npz"]
+    assert [path.name for path in store.complete()] == names
+    assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == sorted(names)
+    # One flipped byte in the middle: the zip's CRC-32 tells.
+    newest = store.complete()[0]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
     warnings = []
     path, restored = store.latest(warn=warnings.append)
-    assert restored.position == Position(1, 0, 2) and len(warnings) == 1 and "000003 is damaged" in warnings[0]
-    (path / "state.npz").write_bytes(b"garbage")
+    assert restored.position == Position(1, 0, 2) and len(warnings) == 1 and "000003.npz is damaged" in warnings[0]
+    path.write_bytes(b"garbage")
     assert store.latest(warn=warnings.append) is None and len(warnings) == 3

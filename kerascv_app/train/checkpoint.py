@@ -1,24 +1,24 @@
 """Checkpoints that survive any kill, and training that resumes at the next batch.
 
-A checkpoint is a folder ``backup/checkpoint-<stage>-<epoch>-<batch>/`` holding
-
-- ``state.npz``: the values of ``model.variables`` (weights, BatchNorm statistics and the
-  SeedGenerator states of device augmentation and dropout), ``model.optimizer.variables``
-  (iterations, hence the learning-rate schedule's position; moments; the EMA; accumulated
-  gradients). Not the running metrics of the epoch: Keras builds them at the first step, so
-  a resumed epoch's row in history.csv averages the batches trained after the resume;
-- ``position.json``: where training stands (stage, epoch, batches done in it), the state
-  of the callbacks that keep some (best value so far, early-stopping patience), and the
-  SHA-256 of ``state.npz``; written last.
+A checkpoint is one file ``backup/checkpoint-<stage>-<epoch>-<batch>.npz`` holding the
+values of ``model.variables`` (weights, BatchNorm statistics and the SeedGenerator states of
+device augmentation and dropout) and ``model.optimizer.variables`` (iterations, hence the
+learning-rate schedule's position; moments; the EMA; accumulated gradients), and a JSON
+member: where training stands (stage, epoch, batches done in it) and the state of the
+callbacks that keep some (best value so far, early-stopping patience). Not the epoch's
+running metrics: Keras builds them at the first step, so a resumed epoch's row in
+history.csv averages the batches trained after the resume.
 
 Keras's own ``model.save_weights`` was the first choice, but its HDF5 writer took 35 to
 120 ms for the digits net's 0.8 MB (per-variable h5py overhead), 3 to 10% of a one-second
-epoch at one checkpoint an epoch; the same values in one ``.npz`` take about 2 ms.
+epoch at one checkpoint an epoch; the same values in one ``.npz`` take about 2 ms, and one
+file needs one fsync (a few ms each here) where a folder of files needs one per file.
 
-It is written into ``backup/.partial-...``, every file flushed and fsynced, then renamed
-into place (a rename is atomic) and the folder fsynced; the previous checkpoint is removed
-only after that, and the newest :data:`KEEP` are kept. A resume checks the hash and falls
-back to the previous checkpoint when the newest is damaged, saying so in one line.
+It is written as ``backup/.partial-...npz``, flushed and fsynced, then renamed into place
+(a rename is atomic) and the folder fsynced; the previous checkpoint is removed only after
+that, and the newest :data:`KEEP` are kept. A resume reads every member, which checks the
+zip's CRC-32s, and falls back to the previous checkpoint when the newest is damaged, saying
+so in one line.
 
 The training data of an epoch is a pure function of (seed, epoch)
 (:func:`kerascv_app.data.pipeline.make_training_epochs`), so a resumed run skips the
@@ -28,13 +28,12 @@ then the remaining epochs in another: Keras's own loop and callbacks throughout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +44,8 @@ from kerascv_app.config import parse_checkpoint_every
 
 #: Complete checkpoints kept: the newest, and the one before it in case the newest is damaged.
 KEEP = 2
-STATE_FILE = "state.npz"
-POSITION_FILE = "position.json"
+#: The member of a checkpoint file that holds its position and callback state (JSON).
+POSITION_KEY = "position"
 #: Fault injection for the resume tests: "EPOCH:BATCH" (0-based epoch, batches done in it)
 #: makes the process SIGKILL itself after that batch and its checkpoint logic; "EPOCH:0"
 #: after the epoch's end and its checkpoint (the epoch boundary).
@@ -90,14 +89,6 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class CheckpointStore:
     """The checkpoints of one run, in its backup folder."""
 
@@ -105,56 +96,40 @@ class CheckpointStore:
         self.directory = Path(directory)
 
     def complete(self) -> list[Path]:
-        """Complete checkpoint folders, newest first (partial ones start with a dot)."""
+        """Complete checkpoint files, newest first (partial ones start with a dot)."""
         if not self.directory.is_dir():
             return []
-        found = [path for path in self.directory.iterdir() if path.is_dir() and path.name.startswith("checkpoint-")]
+        found = [path for path in self.directory.iterdir() if path.name.startswith("checkpoint-") and path.suffix == ".npz"]
         return sorted(found, key=lambda path: path.name, reverse=True)
 
     def save(self, model, position: Position, callback_state: dict) -> Path:
-        final = self.directory / position.name
+        final = self.directory / f"{position.name}.npz"
         self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / f".partial-{position.name}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir()
+        partial = self.directory / f".partial-{position.name}.npz"
         arrays = {f"{group}/{index}": keras.ops.convert_to_numpy(variable.value) for group, variables in state_variables(model).items() for index, variable in enumerate(variables)}
-        with open(partial / STATE_FILE, "wb") as handle:
-            np.savez(handle, **arrays)
-        record = {
-            "stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state,
-            "sha256": {STATE_FILE: _sha256(partial / STATE_FILE)},
-        }
-        (partial / POSITION_FILE).write_text(json.dumps(record, indent=2, default=float) + "\n")
-        for name in (STATE_FILE, POSITION_FILE):
-            _fsync_file(partial / name)
-        _fsync_directory(partial)
-        if final.is_dir():
-            # The same position written again (after a resume from a damaged newer one, it
-            # may be that damaged one): set aside, never left without a complete newest.
-            replaced = self.directory / f".replaced-{position.name}"
-            shutil.rmtree(replaced, ignore_errors=True)
-            os.replace(final, replaced)
-            os.replace(partial, final)
-            shutil.rmtree(replaced, ignore_errors=True)
-        else:
-            os.replace(partial, final)
+        record = {"stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state}
+        with open(partial, "wb") as handle:
+            np.savez(handle, **arrays, **{POSITION_KEY: np.array(json.dumps(record, default=float))})
+            handle.flush()
+            os.fsync(handle.fileno())
+        # One file: one fsync, then an atomic rename (over a damaged one of the same position
+        # too) and the folder's fsync, which makes the rename itself durable.
+        os.replace(partial, final)
         _fsync_directory(self.directory)
         # Only now, with the new one complete, may older ones go.
         for old in self.complete()[KEEP:]:
-            shutil.rmtree(old, ignore_errors=True)
+            old.unlink(missing_ok=True)
         return final
 
     @staticmethod
-    def read_position(path: Path) -> Restored:
+    def read(path: Path) -> tuple[Restored, dict]:
+        """The checkpoint's position and arrays; reading every member checks the zip's CRC-32s."""
         try:
-            record = json.loads((path / POSITION_FILE).read_text())
-            for name, digest in record["sha256"].items():
-                if _sha256(path / name) != digest:
-                    raise CheckpointDamaged(f"{name} does not match its checksum")
-            return Restored(Position(int(record["stage"]), int(record["epoch"]), int(record["batch"])), record.get("callbacks", {}))
-        except CheckpointDamaged:
-            raise
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+            record = json.loads(str(arrays.pop(POSITION_KEY)))
+            return Restored(Position(int(record["stage"]), int(record["epoch"]), int(record["batch"])), record.get("callbacks", {})), arrays
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
             raise CheckpointDamaged(f"{type(error).__name__}: {error}") from error
 
     def latest(self, warn=lambda message: print(message, file=sys.stderr)) -> tuple[Path, Restored] | None:
@@ -162,7 +137,7 @@ class CheckpointStore:
         candidates = self.complete()
         for index, path in enumerate(candidates):
             try:
-                restored = self.read_position(path)
+                restored, _ = self.read(path)
             except CheckpointDamaged as error:
                 following = candidates[index + 1].name if index + 1 < len(candidates) else "none left"
                 warn(f"warning: checkpoint {path} is damaged ({error}): falling back to the one before ({following})")
@@ -170,15 +145,13 @@ class CheckpointStore:
             return path, restored
         return None
 
-    @staticmethod
-    def load(model, path: Path) -> None:
-        """Loads a checkpoint read by :meth:`latest` into a compiled model."""
+    @classmethod
+    def load(cls, model, path: Path) -> None:
+        """Loads a checkpoint found by :meth:`latest` into a compiled model."""
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        groups = state_variables(model)
-        with np.load(path / STATE_FILE) as saved:
-            arrays = {key: saved[key] for key in saved.files}
-        for group, variables in groups.items():
+        _, arrays = cls.read(path)
+        for group, variables in state_variables(model).items():
             stored = [arrays.get(f"{group}/{index}") for index in range(len(variables))]
             if sum(key.startswith(group + "/") for key in arrays) != len(variables) or any(
                 value is None or tuple(value.shape) != tuple(variable.shape) for value, variable in zip(stored, variables)
