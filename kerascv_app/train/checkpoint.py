@@ -2,8 +2,9 @@
 
 A checkpoint is one file ``backup/checkpoint-<stage>-<epoch>-<batch>.npz`` holding the
 values of ``model.variables`` (weights, BatchNorm statistics and the SeedGenerator states of
-device augmentation and dropout) and ``model.optimizer.variables`` (iterations, hence the
-learning-rate schedule's position; moments; the EMA; accumulated gradients), and a JSON
+device augmentation and dropout), ``model.optimizer.variables`` (iterations, hence the
+learning-rate schedule's position; moments; the EMA; accumulated gradients), torch's global
+generator under torch (which an unseeded Dropout draws from there), and a JSON
 member: where training stands (stage, epoch, batches done in it) and the state of the
 callbacks that keep some (best value so far, early-stopping patience). Not the epoch's
 running metrics: Keras builds them at the first step, so a resumed epoch's row in
@@ -107,6 +108,7 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".partial-{position.name}.npz"
         arrays = {f"{group}/{index}": keras.ops.convert_to_numpy(variable.value) for group, variables in state_variables(model).items() for index, variable in enumerate(variables)}
+        arrays.update(_global_generator_states())
         record = {"stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state}
         with open(partial, "wb") as handle:
             np.savez(handle, **arrays, **{POSITION_KEY: np.array(json.dumps(record, default=float))})
@@ -159,6 +161,36 @@ class CheckpointStore:
                 raise CheckpointDamaged(f"{path.name} does not fit this model's {group} variables")
             for variable, value in zip(variables, stored):
                 variable.assign(value)
+        # Applied at the first step (TrainingCheckpoint.on_train_batch_begin): fit's own start
+        # (its symbolic build) may draw from these generators, as it did in the killed process
+        # before the step the checkpoint was written at.
+        model._kcv_pending_generators = {key: value for key, value in arrays.items() if key.startswith("rng/")}
+
+
+def _global_generator_states() -> dict:
+    """Random state outside Keras variables: under torch, an unseeded Dropout takes the fast
+    path, torch's global generator (keras/src/backend/torch/random.py)."""
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    states = {"rng/torch": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available():
+        states.update({f"rng/cuda/{index}": state.numpy() for index, state in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def restore_global_generators(model) -> None:
+    arrays = getattr(model, "_kcv_pending_generators", None) or {}
+    model._kcv_pending_generators = None
+    if keras.backend.backend() != "torch" or "rng/torch" not in arrays:
+        return
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(arrays["rng/torch"]))
+    cuda = [torch.from_numpy(arrays[key]) for key in sorted(key for key in arrays if key.startswith("rng/cuda/"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def state_variables(model) -> dict:
@@ -208,6 +240,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
         self._offset = self.first_batch if self._first_epoch_of_fit else 0
         self._first_epoch_of_fit = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # self._model, not self.model: under jax the property syncs the state every batch.
+        if getattr(self._model, "_kcv_pending_generators", None):
+            restore_global_generators(self._model)
 
     def on_train_batch_end(self, batch, logs=None):
         done = self._offset + batch + 1
