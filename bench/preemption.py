@@ -47,9 +47,9 @@ def child(stats_path: str, step_path: str, arguments: list[str]) -> None:
     original_save = checkpoint.TrainingCheckpoint.save
     original_batch_end = checkpoint.TrainingCheckpoint.on_train_batch_end
 
-    def save(self, position):
+    def save(self, position, before_fit=False):
         started = time.perf_counter()
-        original_save(self, position)
+        original_save(self, position, before_fit)
         stats["save_seconds"] += time.perf_counter() - started
         stats["saves"] += 1
 

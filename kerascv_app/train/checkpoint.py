@@ -70,6 +70,8 @@ class Position:
 class Restored:
     position: Position
     callback_state: dict = field(default_factory=dict)
+    # Written before fit started (a stage's first checkpoint), not at a step inside it.
+    before_fit: bool = False
 
 
 class CheckpointDamaged(Exception):
@@ -103,13 +105,13 @@ class CheckpointStore:
         found = [path for path in self.directory.iterdir() if path.name.startswith("checkpoint-") and path.suffix == ".npz"]
         return sorted(found, key=lambda path: path.name, reverse=True)
 
-    def save(self, model, position: Position, callback_state: dict) -> Path:
+    def save(self, model, position: Position, callback_state: dict, before_fit: bool = False) -> Path:
         final = self.directory / f"{position.name}.npz"
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".partial-{position.name}.npz"
         arrays = {f"{group}/{index}": keras.ops.convert_to_numpy(variable.value) for group, variables in state_variables(model).items() for index, variable in enumerate(variables)}
         arrays.update(_global_generator_states())
-        record = {"stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state}
+        record = {"stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state, "before_fit": before_fit}
         with open(partial, "wb") as handle:
             np.savez(handle, **arrays, **{POSITION_KEY: np.array(json.dumps(record, default=float))})
             handle.flush()
@@ -130,7 +132,8 @@ class CheckpointStore:
             with np.load(path, allow_pickle=False) as saved:
                 arrays = {key: saved[key] for key in saved.files}
             record = json.loads(str(arrays.pop(POSITION_KEY)))
-            return Restored(Position(int(record["stage"]), int(record["epoch"]), int(record["batch"])), record.get("callbacks", {})), arrays
+            position = Position(int(record["stage"]), int(record["epoch"]), int(record["batch"]))
+            return Restored(position, record.get("callbacks", {}), bool(record.get("before_fit"))), arrays
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
             raise CheckpointDamaged(f"{type(error).__name__}: {error}") from error
 
@@ -152,7 +155,7 @@ class CheckpointStore:
         """Loads a checkpoint found by :meth:`latest` into a compiled model."""
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        _, arrays = cls.read(path)
+        restored, arrays = cls.read(path)
         for group, variables in state_variables(model).items():
             stored = [arrays.get(f"{group}/{index}") for index in range(len(variables))]
             if sum(key.startswith(group + "/") for key in arrays) != len(variables) or any(
@@ -161,10 +164,12 @@ class CheckpointStore:
                 raise CheckpointDamaged(f"{path.name} does not fit this model's {group} variables")
             for variable, value in zip(variables, stored):
                 variable.assign(value)
-        # Applied at the first step (TrainingCheckpoint.on_train_batch_begin): fit's own start
-        # (its symbolic build) may draw from these generators, as it did in the killed process
-        # before the step the checkpoint was written at.
+        # Where the killed process was when it saved them: before fit (restored now, fit's
+        # own start, its symbolic build, draws from them), or at a step (restored at the
+        # resumed fit's first step, TrainingCheckpoint.on_train_batch_begin).
         model._kcv_pending_generators = {key: value for key, value in arrays.items() if key.startswith("rng/")}
+        if restored.before_fit:
+            restore_global_generators(model)
 
 
 def _global_generator_states() -> dict:
@@ -227,10 +232,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.first_batch = first_batch
         self._first_epoch_of_fit = True
 
-    def save(self, position: Position) -> None:
+    def save(self, position: Position, before_fit: bool = False) -> None:
         started = time.perf_counter()
         state = {name: callback.get_state() for name, callback in self.stateful.items()}
-        self.store.save(self.model, position, state)
+        self.store.save(self.model, position, state, before_fit)
         self.seconds_saving += time.perf_counter() - started
         self.saves += 1
         self._last_save = time.monotonic()

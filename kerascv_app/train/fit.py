@@ -240,7 +240,7 @@ def _epoch_trainer(run, config: Config, prepared: PreparedData, model, show_prog
                 with distribution.scope():
                     model.optimizer.build(model.trainable_variables)
             # Written before the first step, so that a kill at any later moment can be resumed.
-            checkpoint.save(start)
+            checkpoint.save(start, before_fit=True)
         fits = []  # (first epoch, end epoch, batches of the first epoch already trained)
         if start.batch:
             fits.append((start.epoch, start.epoch + 1, start.batch))
