@@ -86,12 +86,16 @@ def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
     from kerascv_app.recipe import load_recipe
 
     config, source = load_recipe(recipe)
+    # Smoke mode shrinks the recipe first, so that what the user set explicitly
+    # (--set train.epochs=5, --seed, --precision) wins over it.
+    if smoke:
+        config = config.smoke()
     config = config.with_overrides(list(overrides))
     if precision is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=precision.value))
     if seed is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-    return (config.smoke() if smoke else config), source
+    return config, source
 
 
 @app.command()
@@ -310,6 +314,15 @@ def main() -> None:
     except typer.Exit as exit_request:
         sys.exit(exit_request.exit_code)
     except typer.Abort:
+        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, not a traceback
+        import os
+
+        if os.environ.get("KCV_VERBOSE"):
+            raise
+        from kerascv_app.runs import failure_reason
+
+        error_console.print(f"[bold red]error:[/bold red] {failure_reason(error)} (an unexpected failure: set KCV_VERBOSE=1 to see the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -31,6 +33,10 @@ class _Section:
             if not _has_type(value, hints[f.name]):
                 type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
                 raise UserError(f"{self.section_name}.{f.name} = {value!r} has the wrong type: expected {type_name}")
+            # inf and nan pass every range check written as a comparison (nan fails none of
+            # the `not` forms, inf passes `> 0`), so they are refused here for every float field.
+            if hints[f.name] is float and not math.isfinite(value):
+                raise UserError(f"{self.section_name}.{f.name} = {value!r} is invalid: expected a finite number")
         self._validate()
 
     def _validate(self):
@@ -256,6 +262,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        # The name becomes the run directory's and the Keras model's name: Keras refuses "/"
+        # in model names, and a path separator would put the run outside --runs-dir.
+        if not isinstance(self.name, str) or not RECIPE_NAME_PATTERN.fullmatch(self.name):
+            raise UserError(f"name = {self.name!r} is invalid: expected letters, digits, '_', '-' or '.' (it names the run directory and the model), e.g. {_suggested_name(self.name)!r}")
         # Checks across sections: colour ops and ImageNet statistics need RGB images.
         if self.data.channels != 3:
             for operation in self.augment.ops:
@@ -317,6 +327,13 @@ class Config:
             data=dataclasses.replace(self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"),
             train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0, fine_tune_epochs=min(self.train.fine_tune_epochs, 1)),
         )
+
+
+RECIPE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _suggested_name(name) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "experiment"
 
 
 def _section_types() -> dict[str, type]:

@@ -9,7 +9,7 @@ Every ``map`` runs with ``num_parallel_calls=AUTOTUNE``.
 from __future__ import annotations
 
 from kerascv_app.config import AugmentConfig, DataConfig
-from kerascv_app.data.base import ImageSplit
+from kerascv_app.data.base import FileSplit, ImageSplit, record_positions
 
 
 def decode_image(encoded, image_size: tuple[int, int], channels: int):
@@ -33,6 +33,30 @@ def resize_image(image, image_size: tuple[int, int]):
     same_size = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
     image = tf.cond(same_size, lambda: image, resize)
     return tf.ensure_shape(image, (height, width, image.shape[-1]))
+
+
+def _ignore_unknown_length_warning() -> None:
+    """Dropping undecodable records leaves a dataset's length unknown, and Keras then warns at
+    the end of the first epoch that the input "ran out of data", although every image was
+    seen: that warning is about steps_per_epoch, which kcv's epochs do not set."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+
+
+def _decoded_files(split: FileSplit, data: DataConfig, training: bool, seed: int):
+    """Decoded images of a file split; a file that does not decode (it passed the cheap
+    start-up check but its middle is garbage) is dropped and logged in the split, so the run
+    goes on and names it at the end (FileSplit.undecodable_paths)."""
+    import tensorflow as tf
+
+    dataset = split.to_training_dataset(seed, with_positions=True) if training else split.to_dataset(with_positions=True)
+    dataset = dataset.map(
+        lambda position, encoded, label: (position, decode_image(encoded, data.image_size, data.channels), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    dataset = dataset.ignore_errors()
+    return record_positions(dataset, split.mark_decoded, strip=True)
 
 
 def _match_channels(image, channels: int):
@@ -62,13 +86,20 @@ def make_dataset(
     import tensorflow as tf
 
     autotune = tf.data.AUTOTUNE
-    dataset = split.to_training_dataset(seed) if training else split.to_dataset()
     if split.element_kind == "encoded":
+        _ignore_unknown_length_warning()
+    if isinstance(split, FileSplit):
+        dataset = _decoded_files(split, data, training, seed)
+    elif split.element_kind == "encoded":
+        dataset = split.to_training_dataset(seed) if training else split.to_dataset()
         dataset = dataset.map(
             lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label),
             num_parallel_calls=autotune,
         )
+        # A record that does not decode is dropped rather than ending the run mid-epoch.
+        dataset = dataset.ignore_errors()
     else:
+        dataset = split.to_training_dataset(seed) if training else split.to_dataset()
         dataset = dataset.map(
             lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label),
             num_parallel_calls=autotune,

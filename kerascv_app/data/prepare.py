@@ -30,6 +30,34 @@ class PreparedData:
         return max(1, math.ceil(len(self.splits.train) / batch_size))
 
 
+def undecodable_files(prepared: PreparedData) -> list[str]:
+    """Files that passed the start-up check but did not decode while training or evaluating."""
+    from kerascv_app.data.base import FileSplit
+
+    found = []
+    for split in (prepared.splits.train, prepared.splits.validation, prepared.splits.test):
+        if isinstance(split, FileSplit):
+            found.extend(path for path in split.undecodable_paths() if path not in found)
+    return found
+
+
+def report_undecodable_files(run, prepared: PreparedData) -> list[str]:
+    """Adds the files that failed to decode to environment.json's skipped files and names
+    them in one warning line, as the start-up check does for the files it skips."""
+    import sys
+
+    failed = undecodable_files(prepared)
+    if not failed:
+        return []
+    environment = run.read_json("environment.json")
+    environment["skipped_files"] = list(dict.fromkeys([*environment.get("skipped_files", []), *failed]))
+    environment["skipped_while_training"] = failed
+    run.write_json("environment.json", environment)
+    named = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    print(f"warning: skipped {len(failed)} image file(s) that could not be decoded: {named} (listed in {run.file('environment.json')})", file=sys.stderr)
+    return failed
+
+
 def prepare_data(config: Config, data_dir: str | Path | None) -> PreparedData:
     data = load_source(config.data.source, data_dir)
     data = select_classes(data, config.data.classes)

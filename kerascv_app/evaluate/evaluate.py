@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,15 @@ from kerascv_app.evaluate.plots import plot_confusion_matrix, plot_curves
 from kerascv_app.model_dir import open_model_directory
 from kerascv_app.runs import RunDirectory
 
+#: Fault injection for the tests: KCV_FAULT=evaluation fails a run after training, in the
+#: step that writes its predictions and metrics.
+FAULT_VARIABLE = "KCV_FAULT"
+
 
 def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: Config) -> dict:
     """Predicts validation and test splits, saves predictions, metrics.json and plots."""
+    if os.environ.get(FAULT_VARIABLE) == "evaluation":
+        raise RuntimeError("fault injected by KCV_FAULT=evaluation")
     run.predictions_dir.mkdir(exist_ok=True)
     metrics = {}
     for split_name, file_name in (("validation", "val"), ("test", "test")):

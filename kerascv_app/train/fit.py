@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kerascv_app import backend as backend_module
 from kerascv_app.config import Config, TrainConfig
-from kerascv_app.data.prepare import PreparedData, prepare_data, training_datasets
+from kerascv_app.data.prepare import PreparedData, prepare_data, report_undecodable_files, training_datasets
 from kerascv_app.errors import UserError
 from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.models.backbones import resolve_backbone
@@ -135,6 +135,8 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
         validation_dataset = distribution.adapt_dataset(validation_dataset, config.data.batch_size)
     has_validation = validation_dataset is not None
     with run.marking_failures():
+        # Everything after training too: a failure while saving or evaluating marks the run
+        # failed (with its reason), so that export and ensembles never take its model.keras.
         if config.model.backbone:
             from kerascv_app.train.stages import fit_in_stages
 
@@ -154,20 +156,21 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
                 # The dataset is already shuffled by tf.data; Keras cannot shuffle a dataset.
                 shuffle=False,
             )
-    best_path = run.file("best.weights.h5")
-    if config.train.keep_best and best_path.is_file():
-        model.load_weights(best_path)
-    model.save(run.model_path)
-    ModelDirectory(
-        path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
-        channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
-    ).write()
-    from kerascv_app.evaluate.evaluate import write_evaluation
+        best_path = run.file("best.weights.h5")
+        if config.train.keep_best and best_path.is_file():
+            model.load_weights(best_path)
+        model.save(run.model_path)
+        ModelDirectory(
+            path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
+            channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
+        ).write()
+        from kerascv_app.evaluate.evaluate import write_evaluation
 
-    _deduplicate_history(run.file("history.csv"))
-    metrics = write_evaluation(run, model, prepared, config)
-    _remove_tree(run.backup_dir)
-    run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
+        _deduplicate_history(run.file("history.csv"))
+        metrics = write_evaluation(run, model, prepared, config)
+        report_undecodable_files(run, prepared)
+        _remove_tree(run.backup_dir)
+        run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
     return run
 
 
