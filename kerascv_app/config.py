@@ -221,8 +221,15 @@ class TrainConfig(_Section):
     # is a residual block, or a convolution or dense layer with its BatchNorm, activation and
     # pooling (kerascv_app/models/blocks.py).
     unfreeze_top: int = 0
+    # Whole-step compilation: "auto" is Keras's choice (XLA on a GPU with tensorflow, always
+    # with jax, off with torch); "true" forces it (XLA on tensorflow, torch.compile on torch),
+    # "false" turns it off. Measured on the 2-core CPU (bench/jit_compile.py): XLA made the
+    # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
+    # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
+    jit_compile: str = "auto"
 
     def _validate(self):
+        _check(self.jit_compile in ("auto", "true", "false"), "train.jit_compile", self.jit_compile, "'auto', 'true' or 'false'")
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
         _check(self.optimizer in ("sgd", "adamw"), "train.optimizer", self.optimizer, "'sgd' or 'adamw'")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")

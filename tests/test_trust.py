@@ -58,3 +58,21 @@ def test_non_finite_numbers_are_refused_in_every_float_field(field_name, value):
 def test_a_name_keras_or_the_runs_folder_cannot_hold_is_refused(name):
     with pytest.raises(UserError, match="name = .* letters, digits"):
         Config(name=name)
+
+
+@pytest.mark.parametrize("setting, expected", [("false", False), ("true", True)])
+def test_the_jit_compile_setting_reaches_keras(setting, expected):
+    from kerascv_app.data.prepare import prepare_data
+    from kerascv_app.models import create_model
+    from kerascv_app.train.fit import compile_model
+
+    config = Config().with_overrides(["data.image_size=8,8", "data.channels=1", "model.hidden_units=8", f"train.jit_compile={setting}"])
+    prepared = prepare_data(config, None)
+    model = create_model(config, prepared.num_classes)
+    compile_model(model, config, prepared)
+    assert model.jit_compile is expected
+
+
+def test_an_unknown_jit_compile_setting_is_refused():
+    with pytest.raises(UserError, match="train.jit_compile = 'maybe'"):
+        TrainConfig(jit_compile="maybe")

@@ -83,9 +83,8 @@ class FileSplit(ImageSplit):
     """Encoded image files on disk, read one by one while training (streams).
 
     A file can pass the start-up check (its first and last bytes) and still not decode (a
-    garbled middle): the pipeline then drops it instead of dying mid-epoch. To name those
-    files, the split logs which positions were read and which were decoded
-    (:meth:`undecodable_paths`), on whole batches of positions, so it costs next to nothing.
+    garbled middle): the pipeline then drops it instead of dying mid-epoch, and logs the
+    positions that did decode, so that :meth:`undecodable_paths` can name the others.
     """
 
     element_kind = "encoded"
@@ -94,7 +93,6 @@ class FileSplit(ImageSplit):
         paths = np.asarray([str(p) for p in paths], dtype=object)
         super().__init__(labels, paths)
         self.paths = paths
-        self.read_positions = np.zeros(len(paths), dtype=bool)
         self.decoded_positions = np.zeros(len(paths), dtype=bool)
 
     def subset(self, indices):
@@ -114,14 +112,21 @@ class FileSplit(ImageSplit):
         return self._read(listing.shuffle(max(len(self), 1), seed=seed, reshuffle_each_iteration=True), with_positions)
 
     def undecodable_paths(self) -> list[str]:
-        """Files that were read but never came out of the decoder (after a full pass)."""
-        return [str(path) for path in self.paths[self.read_positions & ~self.decoded_positions]]
+        """Files that never came out of the decoder. A file the pipeline did not reach (a
+        resumed run's partial epoch) is not one of them: the few candidates are decoded once
+        more here, and only those that fail again are named."""
+        import tensorflow as tf
+
+        failed = []
+        for path in self.paths[~self.decoded_positions]:
+            try:
+                tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+                failed.append(str(path))
+        return failed
 
     def mark_decoded(self, positions) -> None:
         self.decoded_positions[np.asarray(positions)] = True
-
-    def _mark_read(self, positions) -> None:
-        self.read_positions[np.asarray(positions)] = True
 
     def _paths_and_labels(self):
         import tensorflow as tf
@@ -134,23 +139,8 @@ class FileSplit(ImageSplit):
         import tensorflow as tf
 
         if with_positions:
-            listing = record_positions(listing, self._mark_read)
             return listing.map(lambda position, path, label: (position, tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
         return listing.map(lambda position, path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def record_positions(dataset, mark, strip: bool = False):
-    """Passes each element's position (its first component) to ``mark`` on the host, a
-    batch of positions per call, and optionally drops the position from the elements."""
-    import tensorflow as tf
-
-    def record(positions, *rest):
-        marked = tf.py_function(lambda values: mark(values.numpy()) or 0, [positions], tf.int32)
-        with tf.control_dependencies([marked]):
-            positions = tf.identity(positions)
-        return (*rest,) if strip else (positions, *rest)
-
-    return dataset.batch(SELECTION_BATCH_SIZE).map(record, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
 @dataclass

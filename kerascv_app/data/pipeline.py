@@ -9,7 +9,7 @@ Every ``map`` runs with ``num_parallel_calls=AUTOTUNE``.
 from __future__ import annotations
 
 from kerascv_app.config import AugmentConfig, DataConfig
-from kerascv_app.data.base import FileSplit, ImageSplit, record_positions
+from kerascv_app.data.base import FileSplit, ImageSplit
 
 
 def decode_image(encoded, image_size: tuple[int, int], channels: int):
@@ -45,9 +45,10 @@ def _ignore_unknown_length_warning() -> None:
 
 
 def _decoded_files(split: FileSplit, data: DataConfig, training: bool, seed: int):
-    """Decoded images of a file split; a file that does not decode (it passed the cheap
-    start-up check but its middle is garbage) is dropped and logged in the split, so the run
-    goes on and names it at the end (FileSplit.undecodable_paths)."""
+    """(position, image, label) for the files of a split. A file that does not decode (it
+    passed the cheap start-up check but its middle is garbage) is dropped, so the run goes
+    on; the positions that did decode are logged (_log_decoded) so the run can name the
+    others at its end (FileSplit.undecodable_paths)."""
     import tensorflow as tf
 
     dataset = split.to_training_dataset(seed, with_positions=True) if training else split.to_dataset(with_positions=True)
@@ -55,8 +56,17 @@ def _decoded_files(split: FileSplit, data: DataConfig, training: bool, seed: int
         lambda position, encoded, label: (position, decode_image(encoded, data.image_size, data.channels), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    dataset = dataset.ignore_errors()
-    return record_positions(dataset, split.mark_decoded, strip=True)
+    return dataset.ignore_errors()
+
+
+def _log_decoded(split: FileSplit, positions, images):
+    """Hands a batch's positions to the split on the host (one call per batch, so it costs
+    next to nothing), and returns ``images`` made to wait for it."""
+    import tensorflow as tf
+
+    logged = tf.py_function(lambda values: split.mark_decoded(values.numpy()) or 0, [positions], tf.int32)
+    with tf.control_dependencies([logged]):
+        return tf.identity(images)
 
 
 def _match_channels(image, channels: int):
@@ -111,11 +121,19 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)
-    # One-hot before augmentation: mixup and cutmix mix the labels with the images.
-    dataset = dataset.map(
-        lambda images, labels: (images, tf.one_hot(labels, num_classes, dtype=tf.float32)),
-        num_parallel_calls=autotune,
-    )
+
+    def one_hot(*batch):
+        # One-hot before augmentation: mixup and cutmix mix the labels with the images.
+        # File splits carry each image's position this far (through the cache and the
+        # shuffle): the batch's positions are logged as decoded and dropped here.
+        if isinstance(split, FileSplit):
+            positions, images, labels = batch
+            images = _log_decoded(split, positions, images)
+        else:
+            images, labels = batch
+        return images, tf.one_hot(labels, num_classes, dtype=tf.float32)
+
+    dataset = dataset.map(one_hot, num_parallel_calls=autotune)
     if training and augment is not None:
         from kerascv_app.augment.pipeline import augment_batches
         from kerascv_app.augment.spec import split_by_placement

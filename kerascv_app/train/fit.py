@@ -123,6 +123,7 @@ def compile_model(model, config: Config, prepared: PreparedData, train_config: T
         optimizer=create_optimizer(train_config, prepared.steps_per_epoch(config.data.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=train_config.label_smoothing),
         metrics=metrics,
+        jit_compile={"auto": "auto", "true": True, "false": False}[train_config.jit_compile],
     )
 
 
