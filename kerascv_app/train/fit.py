@@ -49,6 +49,8 @@ def fit(
     backend_module.set_precision(config.train.precision)
     keras.utils.set_random_seed(config.train.seed)
     prepared = prepare_data(config, data_dir)
+    if show_progress:
+        _say(prepared.cache.line())
     # config.json keeps the recipe's config; training uses its batch and rate for the replicas.
     training_config = distribution.training_config(config)
     # Building once before the run directory exists refuses bad model options early.
@@ -241,7 +243,15 @@ def _deduplicate_history(path: Path) -> None:
 
 def environment_record(config: Config, backend: str, distribution, prepared: PreparedData, data_dir) -> dict:
     # distribution, replicas, workers, worker_index, global_batch_size, learning_rate
-    return runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    record = runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    if prepared.cache is not None:
+        record["data_cache"] = prepared.cache.record()
+    return record
+
+
+def _say(line: str) -> None:
+    """kcv's own start-up lines go to stderr: stdout holds the epochs and the summary."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _remove_tree(path: Path) -> None:
