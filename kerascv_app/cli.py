@@ -28,6 +28,17 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own start-up logging (TensorFlow's C++ lines); also KCV_VERBOSE=1.")):
+    """Image classification with Keras 3 on TensorFlow, JAX or PyTorch."""
+    import os
+
+    from kerascv_app.backend import VERBOSE_VARIABLE
+
+    if verbose:
+        os.environ[VERBOSE_VARIABLE] = "1"
+
+
 class Backend(str, Enum):
     tensorflow = "tensorflow"
     jax = "jax"
@@ -76,8 +87,49 @@ def fit(
         from kerascv_app.train.fit import fit as fit_recipe
 
         run = fit_recipe(config, source, chosen, data_dir, runs_dir, show_progress=not quiet)
+    for line in fit_summary(run):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def fit_summary(run) -> list[str]:
+    """What a user acts on after kcv fit: the figures, where the run is, and what to run next."""
+    import csv
+
     metrics = run.read_json("metrics.json")
-    console.print(f"run [bold]{run.path}[/bold] finished: test accuracy {metrics['test'].get('accuracy', float('nan')):.4f}")
+    lines = [f"run {run.path} finished"]
+    for split_name in ("validation", "test"):
+        figures = metrics.get(split_name, {})
+        if "accuracy" not in figures:
+            lines.append(f"  {split_name:<10} no images")
+            continue
+        top5 = f", top-5 {figures['top5_accuracy']:.4f}" if "top5_accuracy" in figures else ""
+        lines.append(f"  {split_name:<10} accuracy {figures['accuracy']:.4f}{top5} ({figures['count']:,} images)")
+    history_path = run.file("history.csv")
+    seconds, rates = [], []
+    if history_path.is_file():
+        with history_path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    seconds.append(float(row["epoch_seconds"]))
+                    rates.append(float(row["images_per_second"]))
+                except (KeyError, TypeError, ValueError):
+                    pass
+    if seconds:
+        images = sum(rate * second for rate, second in zip(rates, seconds))
+        lines.append(f"  training   {sum(seconds):.1f} s over {len(seconds)} epochs, {images / sum(seconds):,.0f} images/s")
+    skipped = run.read_json("environment.json").get("skipped_files") or []
+    if skipped:
+        lines.append(f"  skipped    {len(skipped)} unreadable image file(s), listed in {run.file('environment.json')}")
+    commands = [
+        (f"kcv evaluate {run.path}", "test metrics again from model.keras (--tta: test-time augmentation)"),
+        (f"kcv export {run.path}", "a SavedModel for TF Serving under saved_models/"),
+        (f"kcv predict {run.path} IMAGE...", "the classes of your own image files"),
+        (f"kcv ensemble {run.path} OTHER_RUN...", "combine it with other runs of the same data"),
+    ]
+    width = max(len(command) for command, _ in commands)
+    lines.append("next:")
+    lines += [f"  {command:<{width}}  {meaning}" for command, meaning in commands]
+    return lines
 
 
 def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
@@ -296,10 +348,17 @@ def preview(
 
 def main() -> None:
     """Entry point: runs the app and turns UserError into one line and exit code 2."""
+    from kerascv_app.backend import quiet_tensorflow_import
+
+    # Before any command can import TensorFlow (keras does, under its tensorflow backend).
+    quiet_tensorflow_import()
     try:
         app(standalone_mode=False)
     except UserError as error:
-        error_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # Escaped: a message may quote brackets (pip install -e ".[jax]") that rich would eat as markup.
+        error_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ClickException as error:  # A bad option value or usage: click's own one-line message.
         error.show()

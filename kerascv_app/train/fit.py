@@ -181,7 +181,7 @@ def _callbacks(
     its own last epoch and its name in the progress display."""
     import keras
 
-    from kerascv_app.train.progress import RichProgress
+    from kerascv_app.train.progress import progress_callback
     from kerascv_app.train.timing import EpochTimer
 
     monitor_loss = "val_loss" if has_validation else "loss"
@@ -202,7 +202,7 @@ def _callbacks(
     if config.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor_loss, patience=config.train.early_stopping_patience))
     if show_progress:
-        callbacks.append(RichProgress(total_epochs or config.train.epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name))
+        callbacks.append(progress_callback(total_epochs or config.train.epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name))
     kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
     if kill_after:
         callbacks.append(_kill_after_epoch(int(kill_after)))
