@@ -303,6 +303,15 @@ def convert(
 
 
 @app.command()
+def doctor():
+    """Backends installed, the devices each sees, mixed precision, where data is cached, what to install."""
+    from kerascv_app.doctor import report_lines
+
+    for line in report_lines():
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
 def models():
     """List the registered model names."""
     from kerascv_app.models.registry import model_names

@@ -98,3 +98,26 @@ def test_plain_progress_is_one_line_per_epoch():
     callback.on_epoch_begin(1)
     callback.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.7, "epoch_seconds": 2.0, "images_per_second": 1500.0})
     assert stream.getvalue() == "stage 2 epoch 2/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  val_accuracy 0.7000  2.0 s  1,500 img/s\n"
+
+
+def test_doctor_reports_backends_devices_precision_and_data_locations(tmp_path):
+    from importlib import metadata
+
+    result = run_kcv("doctor")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"backend kcv uses now: {BACKEND} (--backend or KERAS_BACKEND to change)"
+    for package in ("tensorflow", "jax", "torch"):
+        (line,) = [line for line in lines if line.startswith(f"{package} ")]
+        assert line.startswith(f"{package} {metadata.version(package)}: ") and ("CPU" in line or "GPU" in line), line
+    assert sum(line.startswith("  mixed precision: ") for line in lines) == 3
+    assert f"  extracted archives and decoded arrays: {os.environ['KCV_CACHE_DIR']} (KCV_CACHE_DIR)" in lines
+    assert any(line.startswith("  memory available: ") for line in lines)
+
+    # A backend that is missing is named with the command that installs it.
+    missing = "torch" if BACKEND == "jax" else "jax"
+    code = BLOCKED_IMPORT.split("sys.argv")[0].format(package=missing) + "sys.argv = ['kcv', 'doctor']\nfrom kerascv_app.cli import main\nmain()\n"
+    blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND})
+    assert blocked.returncode == 0, blocked.stderr
+    install = 'pip install -e ".[jax]"' if missing == "jax" else "pip install torch==2.13.0"
+    assert any(line.startswith(f"{missing}: not installed; install it with {install}") for line in blocked.stdout.splitlines()), blocked.stdout
