@@ -106,7 +106,7 @@ def fit_summary(run) -> list[str]:
     for split_name in ("validation", "test"):
         figures = metrics.get(split_name, {})
         if "accuracy" not in figures:
-            lines.append(f"  {split_name:<10} no images")
+            lines.append(f"  {split_name:<10} none held out")
             continue
         top5 = f", top-5 {figures['top5_accuracy']:.4f}" if "top5_accuracy" in figures else ""
         lines.append(f"  {split_name:<10} accuracy {figures['accuracy']:.4f}{top5} ({figures['count']:,} images)")

@@ -5,7 +5,7 @@ cosine decay, label smoothing 0.1 and decoupled weight decay, flip + pad-4 crop.
 The learning rate is derived from the batch size (0.1 per 128 images), not typed.
 
 Command:   kcv fit recipes/cifar10_resnet.py    (downloads CIFAR-10 when online)
-           kcv fit recipes/cifar10_resnet.py --set data.source=folder:../shared/data/cifar10-jpeg.tar.gz
+           kcv fit recipes/cifar10_resnet.py --data PATH/cifar10-jpeg.tar.gz    (a local copy, any format)
 Expected:  see README "Results" for the figures measured so far and their hardware.
 """
 

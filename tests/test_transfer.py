@@ -350,7 +350,7 @@ def test_labelled_per_class_caps_each_class_before_the_validation_split():
 def test_the_cifar5_recipes_pretrain_transfer_and_train_from_scratch(tmp_path):
     runs = tmp_path / "runs"
     for recipe in ("cifar5_pretrain", "cifar5_transfer", "cifar5_scratch"):
-        result = run_kcv("fit", REPO_ROOT / "recipes" / f"{recipe}.py", "--smoke", "--quiet", "--runs-dir", runs)
+        result = run_kcv("fit", REPO_ROOT / "recipes" / f"{recipe}.py", "--data", CIFAR10_JPEG, "--smoke", "--quiet", "--runs-dir", runs)
         assert result.returncode == 0, (recipe, result.stderr)
     records = {run.name.rsplit("-", 2)[0]: run for run in runs.iterdir()}
     assert sorted(records) == ["cifar5_pretrain", "cifar5_scratch", "cifar5_transfer"]
