@@ -151,7 +151,9 @@ def _hide_gpus_from_tensorflow() -> None:
     try:
         import tensorflow as tf
 
-        tf.config.set_visible_devices([], "GPU")
+        # Listing GPUs starts CUDA, which logs from C++ where there is no driver ("failed call to cuInit").
+        with contextlib.nullcontext() if verbose() else captured_stderr():
+            tf.config.set_visible_devices([], "GPU")
     except (ImportError, RuntimeError):
         pass
 
