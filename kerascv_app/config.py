@@ -76,9 +76,10 @@ class DataConfig(_Section):
     # training seeds share their validation and test images and can be ensembled.
     split_seed: int = 0
     batch_size: int = 128
-    # "memory" keeps decoded images in RAM after the first epoch; "none" streams from
-    # files every epoch (for datasets larger than memory); any other value is a file prefix.
-    cache: str = "memory"
+    # "auto" keeps decoded images in RAM when all splits fit in a quarter of the memory
+    # available, else streams; "memory" always keeps them; "none" decodes every epoch
+    # (datasets larger than memory); any other value is a file prefix (one cache per split).
+    cache: str = "auto"
     shuffle_buffer: int = 10_000
     # Keep only these classes (by name), in this order; empty keeps all.
     classes: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, REPO_ROOT, run_kcv, write_cifar10_python
+from kcv_testing import BACKEND, REPO_ROOT, run_kcv, write_cifar10_python, write_fashion_mnist
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,6 +26,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def cifar10_archive(tmp_path_factory) -> Path:
     return write_cifar10_python(tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory) -> Path:
+    """Fashion-MNIST's four gzipped IDX files, tiny: the recipe's tests need no download or Debian package."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-mnist"))
 
 
 @pytest.fixture(scope="session", autouse=True)

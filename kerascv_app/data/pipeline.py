@@ -8,8 +8,80 @@ Every ``map`` runs with ``num_parallel_calls=AUTOTUNE``.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from kerascv_app.config import AugmentConfig, DataConfig
-from kerascv_app.data.base import FileSplit, ImageSplit
+from kerascv_app.data.base import FileSplit, ImageSplit, fingerprint_ids
+from kerascv_app.errors import UserError
+
+#: ``data.cache = "auto"`` keeps the decoded images in memory when all splits together take
+#: at most this share of the memory available: the rest is left to the model, TensorFlow's
+#: own buffers (shuffle, prefetch) and the rest of the machine.
+MEMORY_SHARE = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheChoice:
+    """What ``data.cache`` resolved to for a run: "memory", "none" or a file prefix, and why."""
+
+    setting: str
+    mode: str
+    reason: str
+
+    def record(self) -> dict:
+        return {"setting": self.setting, "chosen": self.mode, "reason": self.reason}
+
+    def line(self) -> str:
+        where = {"memory": "in memory", "none": "not cached (decoded again every epoch)"}.get(self.mode, f"in files {self.mode}-<split>-*")
+        return f"data cache: {where}; {self.reason}"
+
+
+def available_memory() -> int:
+    """Bytes of memory the process can still take (psutil: free plus reclaimable page cache)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def decoded_bytes(image_count: int, data: DataConfig) -> int:
+    height, width = data.image_size
+    return image_count * height * width * data.channels
+
+
+def choose_cache(data: DataConfig, image_count: int, available: int | None = None) -> CacheChoice:
+    """Resolves ``data.cache`` for ``image_count`` decoded images (all splits of a run).
+
+    A file prefix must name a file in an existing folder: refused here, before any run
+    directory is written, rather than by TensorFlow in the middle of the first epoch.
+    """
+    setting = data.cache
+    size = decoded_bytes(image_count, data)
+    if setting == "memory":
+        return CacheChoice(setting, "memory", f"data.cache = 'memory': {_gigabytes(size)} decoded")
+    if setting == "none":
+        return CacheChoice(setting, "none", "data.cache = 'none'")
+    if setting == "auto":
+        available = available_memory() if available is None else available
+        budget = int(available * MEMORY_SHARE)
+        if size <= budget:
+            return CacheChoice(setting, "memory", f"data.cache = 'auto': {image_count:,} images decoded take {_gigabytes(size)}, within a quarter of the {_gigabytes(available)} available")
+        return CacheChoice(setting, "none", f"data.cache = 'auto': {image_count:,} images decoded would take {_gigabytes(size)}, more than a quarter of the {_gigabytes(available)} available; set data.cache = PATH to cache them in files")
+    folder = Path(setting).expanduser().parent
+    if not folder.is_dir():
+        raise UserError(f"data.cache = {setting!r}: the folder {folder} does not exist; create it, or use data.cache = 'auto', 'memory' or 'none'")
+    return CacheChoice(setting, str(Path(setting).expanduser()), f"data.cache = {setting!r}: {_gigabytes(size)} decoded, written once per split")
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def split_cache_prefix(prefix: str, split: ImageSplit, split_name: str, data: DataConfig) -> str:
+    """Each split caches to its own files, named after what is in them: another split, or
+    the same split at another size, never reads a cache written for something else."""
+    key = fingerprint_ids(split.ids, list(data.image_size), [data.channels])[:12]
+    return f"{prefix}-{split_name}-{key}"
 
 
 def decode_image(encoded, image_size: tuple[int, int], channels: int):
@@ -86,12 +158,14 @@ def make_dataset(
     augment: AugmentConfig | None = None,
     training: bool = False,
     seed: int = 0,
+    split_name: str = "",
 ):
     """Builds the batched dataset for one split.
 
     ``training`` turns on shuffling and the augmentation ops placed in the pipeline (all of
     them for ``placement = "pipeline"``, the label-mixing ones for ``"device"``), and drops
     nothing: the last partial batch is kept so that every image is seen each epoch.
+    ``split_name`` names the split's file cache when ``data.cache`` is a prefix.
     """
     import tensorflow as tf
 
@@ -114,10 +188,13 @@ def make_dataset(
             lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label),
             num_parallel_calls=autotune,
         )
-    if data.cache == "memory":
+    cache = data.cache
+    if cache == "auto":  # Callers that did not resolve it for the whole run: this split alone.
+        cache = choose_cache(data, len(split)).mode
+    if cache == "memory":
         dataset = dataset.cache()
-    elif data.cache != "none":
-        dataset = dataset.cache(data.cache)
+    elif cache != "none":
+        dataset = dataset.cache(split_cache_prefix(cache, split, split_name or ("train" if training else "eval"), data))
     if training:
         dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from kerascv_app.config import Config
 from kerascv_app.data.base import LoadedData, select_classes
-from kerascv_app.data.pipeline import make_dataset
+from kerascv_app.data.pipeline import CacheChoice, choose_cache, make_dataset
 from kerascv_app.data.sources import load_source
 from kerascv_app.data.splits import Splits, make_splits
 
@@ -17,6 +18,8 @@ from kerascv_app.data.splits import Splits, make_splits
 class PreparedData:
     data: LoadedData
     splits: Splits
+    #: data.cache resolved once for all splits (auto: memory or streaming).
+    cache: CacheChoice | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -61,12 +64,20 @@ def report_undecodable_files(run, prepared: PreparedData) -> list[str]:
 def prepare_data(config: Config, data_dir: str | Path | None) -> PreparedData:
     data = load_source(config.data.source, data_dir)
     data = select_classes(data, config.data.classes)
-    return PreparedData(data=data, splits=make_splits(data, config.data))
+    splits = make_splits(data, config.data)
+    image_count = len(splits.train) + len(splits.validation) + len(splits.test)
+    return PreparedData(data=data, splits=splits, cache=choose_cache(config.data, image_count))
+
+
+def _data_config(prepared: PreparedData, config: Config):
+    if prepared.cache is None:
+        return config.data
+    return dataclasses.replace(config.data, cache=prepared.cache.mode)
 
 
 def training_datasets(prepared: PreparedData, config: Config):
     """The shuffled, augmented training set and the plain validation set."""
-    train = make_dataset(prepared.splits.train, prepared.num_classes, config.data, config.augment, training=True, seed=config.train.seed)
+    train = make_dataset(prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, training=True, seed=config.train.seed, split_name="train")
     validation = evaluation_dataset(prepared, config, "validation")
     return train, validation
 
@@ -81,4 +92,4 @@ def evaluation_dataset(prepared: PreparedData, config: Config, split_name: str):
 
         arrays = split_arrays(split, config.data.image_size, config.data.channels, prepared.data.fingerprint)
         return ArrayBatches(arrays, prepared.num_classes, config.data.batch_size)
-    return make_dataset(split, prepared.num_classes, config.data, training=False)
+    return make_dataset(split, prepared.num_classes, _data_config(prepared, config), training=False, split_name=split_name)

@@ -78,10 +78,15 @@ def open_evaluated_directory(path: str | Path) -> RunDirectory:
     return run
 
 
-def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False) -> dict:
+def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False, source: str | None = None) -> dict:
     """Recomputes the test metrics of a finished run from its saved model, optionally
-    with test-time augmentation (flip and one-pixel shifts)."""
+    with test-time augmentation (flip and one-pixel shifts). ``source`` (kcv evaluate --data)
+    reads the data from elsewhere; its test images must still be the run's."""
+    import dataclasses
+
     config = Config.from_dict(run.read_json("config.json"))
+    if source is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source))
     model = open_model_directory(run.path).load_model()
     environment = run.read_json("environment.json")
     prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))

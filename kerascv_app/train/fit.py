@@ -49,6 +49,8 @@ def fit(
     backend_module.set_precision(config.train.precision)
     keras.utils.set_random_seed(config.train.seed)
     prepared = prepare_data(config, data_dir)
+    if show_progress:
+        _say(prepared.cache.line())
     # config.json keeps the recipe's config; training uses its batch and rate for the replicas.
     training_config = distribution.training_config(config)
     # Building once before the run directory exists refuses bad model options early.
@@ -183,7 +185,7 @@ def _callbacks(
     its own last epoch and its name in the progress display."""
     import keras
 
-    from kerascv_app.train.progress import RichProgress
+    from kerascv_app.train.progress import progress_callback
     from kerascv_app.train.timing import EpochTimer
 
     monitor_loss = "val_loss" if has_validation else "loss"
@@ -204,7 +206,7 @@ def _callbacks(
     if config.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor_loss, patience=config.train.early_stopping_patience))
     if show_progress:
-        callbacks.append(RichProgress(total_epochs or config.train.epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name))
+        callbacks.append(progress_callback(total_epochs or config.train.epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name))
     kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
     if kill_after:
         callbacks.append(_kill_after_epoch(int(kill_after)))
@@ -245,7 +247,15 @@ def _deduplicate_history(path: Path) -> None:
 
 def environment_record(config: Config, backend: str, distribution, prepared: PreparedData, data_dir) -> dict:
     # distribution, replicas, workers, worker_index, global_batch_size, learning_rate
-    return runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    record = runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    if prepared.cache is not None:
+        record["data_cache"] = prepared.cache.record()
+    return record
+
+
+def _say(line: str) -> None:
+    """kcv's own start-up lines go to stderr: stdout holds the epochs and the summary."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _remove_tree(path: Path) -> None:
