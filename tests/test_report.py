@@ -14,6 +14,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 QUICK_SECTIONS = ("summary", "curves", "confusion", "classification-report", "most-confused", "calibration", "config")
 IMAGE_SECTIONS = ("top-losses", "gradcam", "preview")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def page_data(path) -> dict:
@@ -99,15 +102,22 @@ def test_fit_writes_the_report_that_needs_no_images(digits_run):
     assert not list(digits_run.glob(".report.html.partial-*"))
 
 
-def test_full_report_of_a_digits_run(digits_run, tmp_path):
+@pytest.fixture(scope="module")
+def full_digits_report(digits_run, tmp_path_factory):
+    """kcv report of the digits run, with every part, written once for this module."""
+    out = tmp_path_factory.mktemp("digits_report") / "digits.html"
+    result = run_kcv("report", digits_run, "--out", out, "--top-losses", "6", "--gradcam", "4", "--preview", "8")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_full_report_of_a_digits_run(digits_run, full_digits_report):
     from kerascv_app.config import Config
     from kerascv_app.data.prepare import evaluation_dataset, prepare_data
     from kerascv_app.evaluate.metrics import predict_probabilities
     from kerascv_app.model_dir import open_model_directory
 
-    out = tmp_path / "digits.html"
-    result = run_kcv("report", digits_run, "--out", out, "--top-losses", "6", "--gradcam", "4", "--preview", "8")
-    assert result.returncode == 0, result.stderr
+    out = full_digits_report
     text = out.read_text()
     sections = section_ids(text)
     assert all(name in sections for name in QUICK_SECTIONS + IMAGE_SECTIONS), sections
@@ -137,6 +147,9 @@ def test_full_report_of_a_digits_run(digits_run, tmp_path):
         assert entry["true"] == page["class_names"][labels[entry["index"]]]
         assert entry["probability"] == pytest.approx(probabilities[entry["index"]].max(), abs=1e-4)
 
+    preview = re.findall(r'<section id="preview">.*?</section>', text, re.S)[0]
+    assert len(images_of(preview)) == 16 and "pad_crop" in preview  # 8 pairs, the digits recipe's ops named
+
     cams = page["gradcam"]
     assert len(cams) == 4 and len(images_of(re.findall(r'<section id="gradcam">.*?</section>', text, re.S)[0])) == 8
     assert all(entry["where"] == "this process" and entry["layer"] == "conv3" for entry in cams)
@@ -144,6 +157,17 @@ def test_full_report_of_a_digits_run(digits_run, tmp_path):
     correct = [entry["correct"] for entry in cams]
     assert correct == sorted(correct), "wrong predictions come first"
     assert f"trained with {BACKEND}" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a real browser: Debian's chromium (apt-get install -y chromium)")
+def test_the_page_renders_in_chromium(full_digits_report, tmp_path):
+    """Opened from disk in headless chromium: every image loads, the console stays silent."""
+    screenshot = tmp_path / "page.png"
+    result = subprocess.run([sys.executable, REPO_ROOT / "bench" / "report_browser.py", full_digits_report, "--screenshot", screenshot], capture_output=True, text=True, timeout=300)
+    check = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0 and check["ok"], check
+    assert check["images"] == len(images_of(full_digits_report.read_text())) and check["smallest_width"] > 0
+    assert Image.open(screenshot).size == (1200, 2400)
 
 
 def quadrant_data(count: int, seed: int = 0):
@@ -164,7 +188,7 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
     from keras import layers
 
     from kerascv_app.model_dir import ModelDirectory
-    from kerascv_app.report.gradcam import gradcam
+    from kerascv_app.report.gradcam import feature_layer, gradcam
 
     keras.utils.set_random_seed(0)
     images, labels = quadrant_data(256)
@@ -181,6 +205,11 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
     assert np.mean(logits.argmax(axis=1) == test_labels) == 1.0, "the model must have learned the task for its attention to mean anything"
     model.save(tmp_path / "model.keras")
     ModelDirectory(path=tmp_path, kind="run", class_names=("vertical", "horizontal"), image_size=(16, 16), channels=1, precision="float32", backend=BACKEND).write()
+
+    assert feature_layer(model).name == "conv2"
+    # A model whose maps are all before its first weights (or none at all) has nothing to explain.
+    flat = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs)))
+    assert feature_layer(flat) is None
 
     result = gradcam(tmp_path, test_images, test_labels)
     assert result.where == ("this process" if BACKEND == "tensorflow" else "a TensorFlow subprocess")

@@ -23,8 +23,15 @@ import numpy as np
 
 from kerascv_app.errors import UserError
 
+#: The subprocess's exit status when the model has no feature map (not an error of the run).
+NO_FEATURE_MAP_STATUS = 3
+
 #: Layers that never hold the model's learned features, even where their output is a map.
 _SKIPPED_LAYER_KINDS = ("Pooling", "Dropout")
+
+
+class NoFeatureMap(UserError):
+    """The model has no feature map at its top level to explain (e.g. a backbone cut at a dense layer)."""
 
 
 @dataclasses.dataclass
@@ -53,6 +60,8 @@ def gradcam(model_dir: str | Path, images: np.ndarray, classes: np.ndarray) -> G
             [sys.executable, "-m", "kerascv_app.report.gradcam", str(model_dir), str(request), str(answer)],
             env=environment, capture_output=True, text=True,
         )
+        if result.returncode == NO_FEATURE_MAP_STATUS:
+            raise NoFeatureMap(_no_feature_map(model_dir))
         if result.returncode != 0 or not answer.is_file():
             lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
             reason = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else f"exit status {result.returncode}")
@@ -88,7 +97,7 @@ def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> Gradcam
     model = open_model_directory(model_dir).load_model()
     layer = feature_layer(model)
     if layer is None:
-        raise UserError(f"{model_dir / 'model.keras'} has no convolutional feature map at its top level for Grad-CAM")
+        raise NoFeatureMap(_no_feature_map(model_dir))
     explained = keras.Model(model.inputs, [layer.output, model.output])
     inputs = tf.constant(np.asarray(images), tf.float32)
     with tf.GradientTape() as tape:
@@ -105,6 +114,10 @@ def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> Gradcam
     return GradcamResult(maps=maps.astype(np.float32), layer=layer.name, probabilities=probabilities, where="")
 
 
+def _no_feature_map(model_dir: Path) -> str:
+    return f"{Path(model_dir) / 'model.keras'} has no feature map larger than 1x1 at its top level (a backbone cut at a dense layer keeps its maps inside)"
+
+
 def main(arguments: list[str]) -> int:
     from kerascv_app.backend import select_backend
 
@@ -113,6 +126,9 @@ def main(arguments: list[str]) -> int:
         select_backend("tensorflow")
         with np.load(request) as saved:
             result = compute(model_dir, saved["images"], saved["classes"])
+    except NoFeatureMap as error:
+        print(f"error: {error}", file=sys.stderr)
+        return NO_FEATURE_MAP_STATUS
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -68,16 +68,19 @@ def test_image_ids(data: RebuiltData, indices: np.ndarray) -> list[str]:
     return [str(identifier) for identifier in data.prepared.splits.test.ids[np.asarray(indices, dtype=np.int64)]]
 
 
-def preview_uri(data: RebuiltData, count: int) -> str:
-    """kcv preview's grid (kerascv_app/augment/preview.py) for this run's recipe, as a data URI."""
-    import tempfile
+def preview_cells(data: RebuiltData, count: int) -> dict:
+    """kcv preview's sample (kerascv_app/augment/preview.py): the same training images, the
+    same augmentation and label text, drawn as page thumbnails (matplotlib's grid of 32 axes
+    took 5 s of a 20 s report) with the ops as the grid's title."""
+    from kerascv_app.augment.preview import augment_sample, label_text, sample_training_images
+    from kerascv_app.report.figures import thumbnail_uri
 
-    from kerascv_app.augment.preview import augment_sample, draw_grid, sample_training_images
-    from kerascv_app.report.figures import png_uri
-
-    images, labels = sample_training_images(data.prepared, data.config, count)
-    augmented, mixed_labels = augment_sample(data.config, images, labels)
-    with tempfile.TemporaryDirectory(prefix="kcv-report-") as folder:
-        path = Path(folder) / "preview.png"
-        draw_grid(data.config, data.prepared.class_names, images, labels, augmented, mixed_labels, path)
-        return png_uri(path.read_bytes())
+    config, names = data.config, data.prepared.class_names
+    images, labels = sample_training_images(data.prepared, config, count)
+    augmented, mixed_labels = augment_sample(config, images, labels)
+    cells = [
+        {"image": thumbnail_uri(image), "label": label_text(label, names), "augmented": thumbnail_uri(changed), "augmented_label": label_text(mixed, names)}
+        for image, label, changed, mixed in zip(images, labels, augmented, mixed_labels)
+    ]
+    operations = ", ".join(str(operation) for operation in config.augment.ops) or "no augmentation"
+    return {"title": f"{config.name} ({config.augment.placement}): {operations}", "cells": cells}

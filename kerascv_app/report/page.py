@@ -166,9 +166,15 @@ def _add_image_parts(source: ReportSource, data_dir, counts: dict, context: dict
         entry = _image_entry(test, index, names, identifiers[index], float(losses[index]))
         context["top_losses"].append({**entry, "image": figures.thumbnail_uri(pixels[index])})
         data["top_losses"].append(entry)
+    result = None
     if len(explained):
-        predicted = test.predicted[explained]
-        result = _gradcam(source, np.stack([pixels[index] for index in explained.tolist()]), predicted)
+        from kerascv_app.report.gradcam import NoFeatureMap, gradcam
+
+        try:
+            result = gradcam(source.path, np.stack([pixels[index] for index in explained.tolist()]), test.predicted[explained])
+        except NoFeatureMap as error:
+            notes.append(f"Grad-CAM left out: {error}.")
+    if result is not None:
         agreement = float(np.abs(result.probabilities - test.probabilities[explained]).max())
         context["gradcam_note"] = (
             f"Computed under TensorFlow in {result.where} from model.keras (trained with {source.environment.get('backend')}), "
@@ -187,13 +193,7 @@ def _add_image_parts(source: ReportSource, data_dir, counts: dict, context: dict
     elif counts["gradcam"] > 0 and source.kind == "run" and not source.has_model:
         notes.append("Grad-CAM needs model.keras, which this run does not have.")
     if wants_preview:
-        context["preview"] = image_reading.preview_uri(rebuilt, counts["preview"])
-
-
-def _gradcam(source: ReportSource, pixels: np.ndarray, classes: np.ndarray):
-    from kerascv_app.report.gradcam import gradcam
-
-    return gradcam(source.path, pixels, classes)
+        context["preview"] = image_reading.preview_cells(rebuilt, counts["preview"])
 
 
 def _image_entry(test, index: int, names: list[str], identifier: str, loss: float) -> dict:
