@@ -192,10 +192,13 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
 
     keras.utils.set_random_seed(0)
     images, labels = quadrant_data(256)
+    # The convolutions are a nested model, as a transfer run's backbone is: the map explained is
+    # the backbone's output in the outer model (the digits report explains a flat model's conv3).
+    backbone_inputs = keras.Input((16, 16, 1))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(backbone_inputs)
+    backbone = keras.Model(backbone_inputs, layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x), name="backbone")
     inputs = keras.Input((16, 16, 1))
-    x = layers.Rescaling(1 / 255.0)(inputs)
-    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
-    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    x = backbone(layers.Rescaling(1 / 255.0)(inputs))
     x = layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, layers.Dense(2)(x))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -206,14 +209,14 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
     model.save(tmp_path / "model.keras")
     ModelDirectory(path=tmp_path, kind="run", class_names=("vertical", "horizontal"), image_size=(16, 16), channels=1, precision="float32", backend=BACKEND).write()
 
-    assert feature_layer(model).name == "conv2"
+    assert feature_layer(model).name == "backbone"
     # A model whose maps are all before its first weights (or none at all) has nothing to explain.
     flat = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(inputs)))
     assert feature_layer(flat) is None
 
     result = gradcam(tmp_path, test_images, test_labels)
     assert result.where == ("this process" if BACKEND == "tensorflow" else "a TensorFlow subprocess")
-    assert result.layer == "conv2" and result.maps.shape == (16, 16, 16)
+    assert result.layer == "backbone" and result.maps.shape == (16, 16, 16)
     for heatmap in result.maps:
         quadrants = [heatmap[:8, :8].mean(), heatmap[:8, 8:].mean(), heatmap[8:, :8].mean()]
         assert heatmap[8:, 8:].mean() > 2 * max(quadrants), (heatmap[8:, 8:].mean(), quadrants)

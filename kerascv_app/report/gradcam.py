@@ -77,14 +77,20 @@ def feature_layer(model):
     if first_weighted is None:
         return None
     for layer in reversed(model.layers[first_weighted:]):
-        shape = getattr(layer, "output", None)
-        shape = None if shape is None else shape.shape
+        shape = _output_in(layer).shape if layer._inbound_nodes else None
         if shape is None or len(shape) != 4 or (shape[1] or 0) * (shape[2] or 0) <= 1:
             continue
         if any(kind in type(layer).__name__ for kind in _SKIPPED_LAYER_KINDS):
             continue
         return layer
     return None
+
+
+def _output_in(layer):
+    """The layer's output in the model that calls it. ``layer.output`` is its first call's: for
+    a nested backbone that is its own inner graph's output, unconnected to the outer inputs."""
+    outputs = layer._inbound_nodes[-1].output_tensors
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> GradcamResult:
@@ -98,7 +104,7 @@ def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> Gradcam
     layer = feature_layer(model)
     if layer is None:
         raise NoFeatureMap(_no_feature_map(model_dir))
-    explained = keras.Model(model.inputs, [layer.output, model.output])
+    explained = keras.Model(model.inputs, [_output_in(layer), model.output])
     inputs = tf.constant(np.asarray(images), tf.float32)
     with tf.GradientTape() as tape:
         features, logits = explained(inputs, training=False)
@@ -115,7 +121,7 @@ def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> Gradcam
 
 
 def _no_feature_map(model_dir: Path) -> str:
-    return f"{Path(model_dir) / 'model.keras'} has no feature map larger than 1x1 at its top level (a backbone cut at a dense layer keeps its maps inside)"
+    return f"{Path(model_dir) / 'model.keras'} has no feature map larger than 1x1 at its top level (a backbone that ends in a dense layer keeps its maps inside it; a backbone's last map can be 1x1 at small image sizes)"
 
 
 def main(arguments: list[str]) -> int:
