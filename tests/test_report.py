@@ -284,7 +284,9 @@ def test_bad_input_is_one_line_and_no_page(digits_run, tmp_path):
     from kerascv_app.errors import UserError
     from kerascv_app.report import write_report, write_report_quietly
 
-    # Not a run at all, and a run that did not finish.
+    # No folder, a folder that is not a run, and a run that did not finish.
+    with pytest.raises(UserError, match="does not exist"):
+        write_report([tmp_path / "nowhere"])
     with pytest.raises(UserError, match="not a run directory"):
         write_report([tmp_path], tmp_path / "a.html")
     unfinished = tmp_path / "unfinished"

@@ -29,6 +29,9 @@ def check_request(paths: list[Path], out: Path | None, top_losses: int, gradcam:
     """Refuses bad options before any work; returns the page's path."""
     if not paths:
         raise UserError("kcv report needs at least one run or ensemble directory")
+    for path in paths:
+        if not Path(path).is_dir():
+            raise UserError(f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)")
     for name, value in (("--top-losses", top_losses), ("--gradcam", gradcam), ("--preview", preview)):
         if value < 0:
             raise UserError(f"{name} {value} is invalid: give 0 (leave the part out) or a positive number of images")
