@@ -392,6 +392,27 @@ def preview(
     console.print(f"wrote [bold]{path}[/bold]: training images of {config.name}, each above its augmented version", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def report(
+    dirs: list[Path] = typer.Argument(..., help="One run or ensemble directory, or several to compare."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default: DIR/report.html for one directory, report.html for several)."),
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    top_losses: int = typer.Option(24, "--top-losses", help="Test images with the highest loss to show (0: none)."),
+    gradcam: int = typer.Option(8, "--gradcam", help="Test images with a Grad-CAM map, wrong and right ones (0: none)."),
+    preview: int = typer.Option(16, "--preview", help="Training images in the augmentation preview (0: none)."),
+):
+    """Write one self-contained HTML page: a run's or ensemble's figures and failures, or a comparison."""
+    from kerascv_app.backend import select_backend
+
+    # The report only reads saved predictions and images; Grad-CAM's gradients are taken under
+    # TensorFlow from model.keras, whatever backend trained it, so this process runs TensorFlow.
+    select_backend("tensorflow")
+    from kerascv_app.report import write_report
+
+    path = write_report(dirs, out, data_dir, top_losses=top_losses, gradcam=gradcam, preview=preview)
+    console.print(f"wrote [bold]{path}[/bold]", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: runs the app and turns UserError into one line and exit code 2."""
     from kerascv_app.backend import quiet_tensorflow_import

@@ -79,6 +79,9 @@ def build_ensemble(
             joblib.dump(combination.meta_learner, staging / "meta_learner.joblib")
         _write_predictions(staging, combination, predictions, members[0].class_names)
         _write_records(staging, members, combination, metrics, tta, backend, data_dir)
+    from kerascv_app.report import write_report_quietly  # report.html, after the rename; never fails the ensemble
+
+    write_report_quietly(destination)
     return EnsembleResult(path=destination, combination=combination, metrics=metrics)
 
 

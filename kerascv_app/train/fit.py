@@ -173,6 +173,9 @@ def _train_and_finish(run: RunDirectory, config: Config, prepared: PreparedData,
         metrics = write_evaluation(run, model, prepared, config)
         report_undecodable_files(run, prepared)
         _remove_tree(run.backup_dir)
+        from kerascv_app.report import write_report_quietly  # report.html: the parts that need no images; never fails the run
+
+        write_report_quietly(run.path)
         run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
     return run
 
