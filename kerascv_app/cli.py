@@ -187,6 +187,8 @@ def ensemble(
     label = method_label(method, meta_learner_name) + (f"-tta-{tta.value}" if tta else "")
     destination = out if out is not None else default_ensemble_path(label)
     result = build_ensemble(members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir)
+    if result.combination.fallback:
+        console.print(f"note: {result.combination.fallback}", highlight=False, soft_wrap=True)
     if result.combination.weights is not None:
         console.print("weights: " + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)), highlight=False, soft_wrap=True)
     if not result.combination.exportable:
