@@ -164,7 +164,13 @@ def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_run
     assert [member["model"] for member in record["members"]] == ["seed_cnn", "seed_cnn", "resnet"]
     # The same meta-learner fitted here on the members' validation log-probabilities only.
     labels = saved(member_runs[0], "val.npz")[1]
-    expected = scikit_learn_meta_learner(meta).fit(member_features(member_runs, "val.npz"), labels).predict_proba(member_features(member_runs, "test.npz"))
+    # One thread, as kcv ensemble fits it: BLAS threads on a busy CI machine cost minutes.
+    # (Built first: the limit reaches only the libraries already loaded.)
+    from threadpoolctl import threadpool_limits
+
+    meta_learner = scikit_learn_meta_learner(meta)
+    with threadpool_limits(limits=1):
+        expected = meta_learner.fit(member_features(member_runs, "val.npz"), labels).predict_proba(member_features(member_runs, "test.npz"))
     np.testing.assert_allclose(probabilities, expected, atol=AGREEMENT_TOLERANCE)
     parameters = record["meta_learner_parameters"]
     assert np.array(parameters["kernel"]).shape == (3 * 10, 10) and len(parameters["bias"]) == 10
