@@ -241,7 +241,7 @@ def ensemble(
     run_dirs: Optional[list[Path]] = typer.Argument(None, help="Finished run directories (default: every finished run in --runs-dir that matches the newest)."),
     average: bool = typer.Option(False, "--average", help="The mean of the members' probabilities."),
     weighted: bool = typer.Option(False, "--weighted", help="A weighted mean, weights fitted on validation log-loss."),
-    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation probabilities."),
+    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation log-probabilities (the weighted average instead, said in one line, when it does not beat it out of fold)."),
     meta: Optional[MetaLearner] = typer.Option(None, "--meta", help="The stacking meta-learner (default: logistic)."),
     tta: Optional[TestTimeAugmentation] = typer.Option(None, "--tta", help="flip: average each member over the image and its mirror."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to find members when none is named."),
@@ -271,6 +271,8 @@ def ensemble(
     label = method_label(method, meta_learner_name) + (f"-tta-{tta.value}" if tta else "")
     destination = out if out is not None else default_ensemble_path(label)
     result = build_ensemble(members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir)
+    if result.combination.fallback:
+        console.print(f"note: {result.combination.fallback}", highlight=False, soft_wrap=True)
     if result.combination.weights is not None:
         console.print("weights: " + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)), highlight=False, soft_wrap=True)
     if not result.combination.exportable:
