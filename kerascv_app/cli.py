@@ -407,8 +407,11 @@ def report(
     from kerascv_app.backend import select_backend
 
     # The report only reads saved predictions and images; Grad-CAM's gradients are taken under
-    # TensorFlow from model.keras, whatever backend trained it, so this process runs TensorFlow.
-    select_backend("tensorflow")
+    # TensorFlow from model.keras, whatever backend trained it, so this process runs TensorFlow,
+    # unless Keras is already loaded with another backend (kcv called from Python): Grad-CAM
+    # then runs in a TensorFlow subprocess (kerascv_app/report/gradcam.py).
+    already_loaded = sys.modules.get("keras")
+    select_backend(already_loaded.backend.backend() if already_loaded is not None else "tensorflow")
     from kerascv_app.report import write_report
 
     path = write_report(dirs, out, data_dir, top_losses=top_losses, gradcam=gradcam, preview=preview)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, REPO_ROOT, run_kcv, write_cifar10_python, write_fashion_mnist
+from kcv_testing import BACKEND, REPO_ROOT, fit_learning_digits_run, run_kcv, write_cifar10_python, write_fashion_mnist
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,22 +39,6 @@ def isolated_cache(tmp_path_factory):
     if "KCV_CACHE_DIR" not in os.environ:
         os.environ["KCV_CACHE_DIR"] = str(tmp_path_factory.mktemp("kcv_cache"))
     yield
-
-
-#: A digits run short enough for the tests that still learns (about 0.94 test accuracy):
-#: a model that predicts one class for every image cannot show a preprocessing, reloading
-#: or combining mistake, so the fixtures below must learn, and say so.
-LEARNING_DIGITS_RUN = ("--set", "train.epochs=8", "--set", "train.learning_rate=0.004")
-LEARNED_ACCURACY = 0.9
-
-
-def fit_learning_digits_run(runs: Path, *arguments) -> Path:
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", *LEARNING_DIGITS_RUN, *arguments, "--runs-dir", runs, "--quiet")
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
-    accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
-    assert accuracy > LEARNED_ACCURACY, f"the fixture run did not learn: test accuracy {accuracy}"
-    return run_dir
 
 
 @pytest.fixture(scope="session")

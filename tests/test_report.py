@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, fit_learning_digits_run, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 QUICK_SECTIONS = ("summary", "curves", "confusion", "classification-report", "most-confused", "calibration", "config")
@@ -226,11 +226,8 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
 
 @pytest.fixture(scope="module")
 def three_runs(digits_run, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("report_runs")
-    for seed in (1, 2):
-        result = run_kcv("fit", DIGITS, "--smoke", "--quiet", "--runs-dir", runs, "--seed", str(seed))
-        assert result.returncode == 0, result.stderr
-    return [digits_run, *sorted(path for path in runs.iterdir() if path.is_dir())]
+    # The same settings as digits_run (other seeds), so that the three share their splits.
+    return [digits_run, *(fit_learning_digits_run(tmp_path_factory.mktemp("report_runs"), "--seed", str(seed)) for seed in (1, 2))]
 
 
 def test_ensemble_report_and_a_comparison(three_runs, tmp_path):
