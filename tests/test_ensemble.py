@@ -37,6 +37,8 @@ def get_config():
 #: 256 training images, and 431 validation images (43 per class): enough for stacking.
 MEMBER_DATA = ("--set", "data.max_train=256", "--set", "data.val_fraction=0.3", "--set", "train.epochs=10")
 VALIDATION_FRACTION = 0.3
+#: Well above chance (0.1) for ten digit classes.
+MEMBERS_LEARNED = 0.6
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,10 @@ def member_runs(tmp_path_factory):
     # timestamp ends the name), as they were trained.
     members = sorted(runs.iterdir(), key=lambda path: path.name.split("-", 1)[1])
     assert [read_json(path / "config.json")["name"] for path in members] == ["digits", "digits", "digits_resnet"]
+    # Members that predict one class could not show a combining mistake: they must have learned.
+    for path in members:
+        accuracy = read_json(path / "metrics.json")["test"]["accuracy"]
+        assert accuracy > MEMBERS_LEARNED, f"member {path.name} did not learn: test accuracy {accuracy}"
     return members
 
 
