@@ -12,7 +12,9 @@ The commands run in this process (the backend is the same for all), which saves 
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import sys
 import time
 import shlex
@@ -68,7 +70,9 @@ def test_every_tour_command_runs_as_written(tmp_path, monkeypatch, capsys, cifar
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").symlink_to(REPO_ROOT / "recipes")
     jpeg_copy = jpeg_copy_likeness(tmp_path)
-    downloaded = {"cifar10": str(cifar10_archive), "fashion_mnist": str(fashion_mnist_dir)}
+    # A copy of its own: moved away at the end, for kcv evaluate --data.
+    cifar10_copy = shutil.copy(cifar10_archive, tmp_path / "cifar-10-python.tar.gz")
+    downloaded = {"cifar10": str(cifar10_copy), "fashion_mnist": str(fashion_mnist_dir)}
     ran = []
     for command in commands:
         assert command[0] == "kcv", command
@@ -99,3 +103,12 @@ def test_every_tour_command_runs_as_written(tmp_path, monkeypatch, capsys, cifar
     assert finished == ["cifar10_baseline", "cifar10_fast", "cifar10_resnet", "digits", "digits", "fashion_mnist"], finished
     assert (tmp_path / "grid.png").is_file()
     assert {"doctor", "fit", "runs", "evaluate", "models", "preview"} <= set(ran)
+
+    # kcv evaluate --data: the run's data moved elsewhere (CIFAR's images are identified by
+    # position, so the moved archive holds the run's test images) gives the same metrics.
+    (resnet_run,) = (tmp_path / "runs").glob("cifar10_resnet-*")
+    (tmp_path / "moved").mkdir()
+    moved = shutil.move(cifar10_copy, tmp_path / "moved" / "cifar-10-python.tar.gz")
+    run_in_process(["evaluate", str(resnet_run), "--data", str(moved), "--json"])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(json.loads((resnet_run / "metrics.json").read_text())["test"]["accuracy"], abs=1e-6)

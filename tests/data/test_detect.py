@@ -102,10 +102,14 @@ def test_unknown_ambiguous_and_missing_paths_get_one_line(tmp_path):
         resolve_data_option(str(tmp_path / "nowhere"))
 
 
-def test_any_recipe_trains_on_a_users_photo_folder_with_one_flag(photos, tmp_path):
+def test_any_recipe_trains_on_a_users_photo_folder_with_one_flag(tmp_path):
+    photos = write_photos(tmp_path / "my_photos")
+    # A file that is not an image: skipped, and said in the summary at the end.
+    (photos / "owl" / "broken.jpg").write_bytes(b"not a JPEG at all" * 20)
     result = run_kcv("fit", REPO_ROOT / "recipes" / "cifar10_baseline.py", "--data", photos, "--smoke", "--quiet", "--runs-dir", tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"  skipped    1 unreadable image file(s), listed in {run_dir / 'environment.json'}" in result.stdout.splitlines(), result.stdout
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"]["source"] == f"folder:{photos}" and config["model"]["name"] == "seed_cnn"
     assert json.loads((run_dir / "environment.json").read_text())["class_names"] == ["cat", "dog", "owl"]
