@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.abc
+import importlib.util
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +22,27 @@ from kerascv_app.errors import UserError
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
+#: KCV_VERBOSE=1 (or kcv --verbose) lets TensorFlow's start-up logging through.
+VERBOSE_VARIABLE = "KCV_VERBOSE"
+
+#: What installs a backend that a plain ``pip install -e .`` leaves out.
+INSTALL_COMMANDS = {
+    "tensorflow": 'pip install -e .',
+    "jax": 'pip install -e ".[jax]"',
+    "torch": 'pip install torch==2.13.0 && pip install -e ".[torch]" (torch==2.13.0 is the CPU build here; take the CUDA build from pytorch.org for a GPU)',
+}
+
 
 def select_backend(requested: str | None = None) -> str:
     """Chooses the backend: the flag, then ``KERAS_BACKEND``, then tensorflow."""
+    quiet_tensorflow_import()
     name = requested or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if name not in BACKENDS:
         source = "--backend" if requested else "KERAS_BACKEND"
         raise UserError(f"{source} = {name!r} is not a backend: use one of {', '.join(BACKENDS)}")
+    if not is_installed(name):
+        source = "--backend" if requested else "KERAS_BACKEND"
+        raise UserError(f"{source} = {name!r}, but {name} is not installed: {INSTALL_COMMANDS[name]}")
     if "keras" in sys.modules:
         import keras
 
@@ -41,11 +58,102 @@ def select_backend(requested: str | None = None) -> str:
     return name
 
 
+def is_installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it (a backend takes seconds)."""
+    if package in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------- a quiet start
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_VARIABLE, "").lower() not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Points file descriptor 2 at a temporary file, where C++ libraries write their logs.
+
+    TensorFlow 2.21 logs from C++ at import, before absl's logging starts, whatever
+    TF_CPP_MIN_LOG_LEVEL says ("All log messages before absl::InitializeLog()...", oneDNN,
+    "Could not find cuda drivers", twice). What was captured is dropped when the block
+    succeeds and written out when it fails, so an import error keeps its explanation.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            capture.seek(0)
+            os.write(2, capture.read())
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as Python would, and runs its import inside :func:`captured_stderr`.
+
+    A meta-path hook rather than an early ``import tensorflow``: commands and loops that do
+    not need TensorFlow (``kcv runs``, the fast loop under JAX) must not pay for importing it,
+    and wherever it is first imported (keras, tf.data, tensorflow-datasets) it is quiet.
+    """
+
+    _finding = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow" or self._finding:
+            return None
+        # The other finders locate it; a lookup without an import (is_installed) changes nothing.
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            remove_quiet_tensorflow_import()
+            if verbose():
+                return exec_module(module)
+            with captured_stderr():
+                return exec_module(module)
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """Makes the first ``import tensorflow`` of this process quiet (unless KCV_VERBOSE=1)."""
+    if "tensorflow" in sys.modules or any(isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+def remove_quiet_tensorflow_import() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _QuietTensorFlowFinder)]
+
+
 def _hide_gpus_from_tensorflow() -> None:
     try:
         import tensorflow as tf
 
-        tf.config.set_visible_devices([], "GPU")
+        # Listing GPUs starts CUDA, which logs from C++ where there is no driver ("failed call to cuInit").
+        with contextlib.nullcontext() if verbose() else captured_stderr():
+            tf.config.set_visible_devices([], "GPU")
     except (ImportError, RuntimeError):
         pass
 

@@ -28,6 +28,17 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own start-up logging (TensorFlow's C++ lines); also KCV_VERBOSE=1.")):
+    """Image classification with Keras 3 on TensorFlow, JAX or PyTorch."""
+    import os
+
+    from kerascv_app.backend import VERBOSE_VARIABLE
+
+    if verbose:
+        os.environ[VERBOSE_VARIABLE] = "1"
+
+
 class Backend(str, Enum):
     tensorflow = "tensorflow"
     jax = "jax"
@@ -41,7 +52,11 @@ class Precision(str, Enum):
 
 
 BACKEND_OPTION = typer.Option(None, "--backend", help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
-DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Where the dataset's files are.")
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Where the recipe's named source keeps its files (or downloads them).")
+DATA_OPTION = typer.Option(
+    None, "--data",
+    help="The data to use instead of the recipe's: a path whose format is detected (CIFAR archive or batches, image folder or its .tar/.tar.gz, IDX files, kcv convert folder, TFDS data folder), or a data.source spelling (cifar10, folder:PATH, ...).",
+)
 
 
 @app.command()
@@ -49,6 +64,7 @@ def fit(
     recipe: Optional[Path] = typer.Argument(None, help="A recipe file, e.g. recipes/digits.py."),
     backend: Optional[Backend] = BACKEND_OPTION,
     overrides: list[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
+    data: Optional[str] = DATA_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run directories are created."),
     precision: Optional[Precision] = typer.Option(None, "--precision", help="Dtype policy (default: the recipe's)."),
@@ -80,11 +96,68 @@ def fit(
             raise UserError("kcv fit needs a RECIPE (e.g. recipes/digits.py) or --resume RUN_DIR")
         chosen = select_backend(backend.value if backend else None)
         config, source = _resolved_config(recipe, overrides, precision, seed, smoke)
+        config, data_dir = _with_data(config, data, data_dir, overrides)
         from kerascv_app.train.fit import fit as fit_recipe
 
         run = fit_recipe(config, source, chosen, data_dir, runs_dir, show_progress=not quiet)
+    for line in fit_summary(run):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def fit_summary(run) -> list[str]:
+    """What a user acts on after kcv fit: the figures, where the run is, and what to run next."""
+    import csv
+
     metrics = run.read_json("metrics.json")
-    console.print(f"run [bold]{run.path}[/bold] finished: test accuracy {metrics['test'].get('accuracy', float('nan')):.4f}")
+    lines = [f"run {run.path} finished"]
+    for split_name in ("validation", "test"):
+        figures = metrics.get(split_name, {})
+        if "accuracy" not in figures:
+            lines.append(f"  {split_name:<10} none held out")
+            continue
+        top5 = f", top-5 {figures['top5_accuracy']:.4f}" if "top5_accuracy" in figures else ""
+        lines.append(f"  {split_name:<10} accuracy {figures['accuracy']:.4f}{top5} ({figures['count']:,} images)")
+    history_path = run.file("history.csv")
+    seconds, rates = [], []
+    if history_path.is_file():
+        with history_path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                try:
+                    seconds.append(float(row["epoch_seconds"]))
+                    rates.append(float(row["images_per_second"]))
+                except (KeyError, TypeError, ValueError):
+                    pass
+    if seconds:
+        images = sum(rate * second for rate, second in zip(rates, seconds))
+        lines.append(f"  training   {sum(seconds):.1f} s over {len(seconds)} epochs, {images / sum(seconds):,.0f} images/s")
+    skipped = run.read_json("environment.json").get("skipped_files") or []
+    if skipped:
+        lines.append(f"  skipped    {len(skipped)} unreadable image file(s), listed in {run.file('environment.json')}")
+    commands = [
+        (f"kcv evaluate {run.path}", "test metrics again from model.keras (--tta: test-time augmentation)"),
+        (f"kcv export {run.path}", "a SavedModel for TF Serving under saved_models/"),
+        (f"kcv predict {run.path} IMAGE...", "the classes of your own image files"),
+        (f"kcv ensemble {run.path} OTHER_RUN...", "combine it with other runs of the same data"),
+    ]
+    width = max(len(command) for command, _ in commands)
+    lines.append("next:")
+    lines += [f"  {command:<{width}}  {meaning}" for command, meaning in commands]
+    return lines
+
+
+def _with_data(config, data: str | None, data_dir: Path | None, overrides=()):
+    """--data: the recipe's model and training on other data (its format detected from a path)."""
+    if data is None:
+        return config, data_dir
+    import dataclasses
+
+    from kerascv_app.data.sources import resolve_data_option
+
+    if any(override.strip().startswith("data.source") for override in overrides):
+        raise UserError("--data and --set data.source both name the data: keep one")
+    detected = resolve_data_option(data, config.data.source)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=detected.source))
+    return config, detected.data_dir if detected.data_dir is not None else data_dir
 
 
 def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
@@ -93,18 +166,23 @@ def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
     from kerascv_app.recipe import load_recipe
 
     config, source = load_recipe(recipe)
+    # Smoke mode shrinks the recipe first, so that what the user set explicitly
+    # (--set train.epochs=5, --seed, --precision) wins over it.
+    if smoke:
+        config = config.smoke()
     config = config.with_overrides(list(overrides))
     if precision is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=precision.value))
     if seed is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
-    return (config.smoke() if smoke else config), source
+    return config, source
 
 
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory (kcv fit) or an ensemble directory (kcv ensemble)."),
     backend: Optional[Backend] = BACKEND_OPTION,
+    data: Optional[str] = typer.Option(None, "--data", help="Where the run's data is now: a path (format detected) or a data.source spelling; its test images must be the run's."),
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of each image, its mirror and one-pixel shifts."),
@@ -117,7 +195,13 @@ def evaluate(
     select_backend(backend.value if backend else None)
     from kerascv_app.evaluate.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, data_dir, test_time_augmentation=tta)
+    source = None
+    if data is not None:
+        from kerascv_app.data.sources import resolve_data_option
+
+        detected = resolve_data_option(data, run.read_json("config.json").get("data", {}).get("source", ""))
+        source, data_dir = detected.source, detected.data_dir if detected.data_dir is not None else data_dir
+    metrics = evaluate_run(run, data_dir, test_time_augmentation=tta, source=source)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
@@ -164,7 +248,7 @@ def ensemble(
     run_dirs: Optional[list[Path]] = typer.Argument(None, help="Finished run directories (default: every finished run in --runs-dir that matches the newest)."),
     average: bool = typer.Option(False, "--average", help="The mean of the members' probabilities."),
     weighted: bool = typer.Option(False, "--weighted", help="A weighted mean, weights fitted on validation log-loss."),
-    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation probabilities."),
+    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation log-probabilities (the weighted average instead, said in one line, when it does not beat it out of fold)."),
     meta: Optional[MetaLearner] = typer.Option(None, "--meta", help="The stacking meta-learner (default: logistic)."),
     tta: Optional[TestTimeAugmentation] = typer.Option(None, "--tta", help="flip: average each member over the image and its mirror."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to find members when none is named."),
@@ -194,6 +278,8 @@ def ensemble(
     label = method_label(method, meta_learner_name) + (f"-tta-{tta.value}" if tta else "")
     destination = out if out is not None else default_ensemble_path(label)
     result = build_ensemble(members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir)
+    if result.combination.fallback:
+        console.print(f"note: {result.combination.fallback}", highlight=False, soft_wrap=True)
     if result.combination.weights is not None:
         console.print("weights: " + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)), highlight=False, soft_wrap=True)
     if not result.combination.exportable:
@@ -204,7 +290,7 @@ def ensemble(
 
 @app.command()
 def convert(
-    source: str = typer.Argument(..., help="Any data.source kcv fit reads: folder:PATH, cifar10:PATH, idx:DIR, tfds:NAME, digits, ..."),
+    source: str = typer.Argument(..., help="A path (its format detected, as kcv fit --data does) or any data.source: folder:PATH, cifar10:PATH, idx:DIR, tfds:NAME, digits, ..."),
     to: Path = typer.Option(..., "--to", help="The folder for the shards and metadata.json: new, empty, or an unfinished conversion to resume."),
     shards: int = typer.Option(0, "--shards", help="Shards of the training split (default: one per 1,024 images); other splits get shards in proportion."),
     workers: int = typer.Option(4, "--workers", help="Shards written at once."),
@@ -216,14 +302,26 @@ def convert(
 
     # Only TensorFlow (tf.data, the record writer) is used; this keeps it quiet and off the GPU.
     select_backend()
+    from kerascv_app.data.sources import resolve_data_option
     from kerascv_app.data.tfrecord import convert as convert_source
 
+    detected = resolve_data_option(source)
+    source, data_dir = detected.source, detected.data_dir if detected.data_dir is not None else data_dir
     result = convert_source(source, to, data_dir, shards=shards, workers=workers, show_progress=not quiet)
     counts = ", ".join(f"{count} {split}" for split, count in result.counts.items())
     kept = f", {result.shards_kept} kept from before" if result.shards_kept else ""
     console.print(f"converted [bold]{result.directory}[/bold]: {counts} images; {result.shards_written} shards written{kept}", highlight=False, soft_wrap=True)
     if result.skipped_files:
         console.print(f"skipped {len(result.skipped_files)} unreadable file(s) of the source (listed in metadata.json)", highlight=False)
+
+
+@app.command()
+def doctor():
+    """Backends installed, the devices each sees, mixed precision, where data is cached, what to install."""
+    from kerascv_app.doctor import report_lines
+
+    for line in report_lines():
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -285,6 +383,7 @@ def preview(
     recipe: Path = typer.Argument(..., help="A recipe file, e.g. recipes/cifar10_baseline.py."),
     out: Path = typer.Option(..., "--out", help="The PNG to write, e.g. grid.png."),
     count: int = typer.Option(16, "--n", help="How many training images."),
+    data: Optional[str] = DATA_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     overrides: list[str] = typer.Option([], "--set", help="Override a field: section.key=value (repeatable)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the recipe's)."),
@@ -297,16 +396,48 @@ def preview(
     check_request(count, out)
     select_backend(backend.value if backend else None)
     config, _ = _resolved_config(recipe, overrides, None, seed, False)
+    config, data_dir = _with_data(config, data, data_dir, overrides)
     path = write_preview(config, data_dir, count, out)
     console.print(f"wrote [bold]{path}[/bold]: training images of {config.name}, each above its augmented version", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def report(
+    dirs: list[Path] = typer.Argument(..., help="One run or ensemble directory, or several to compare."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default: DIR/report.html for one directory, report.html for several)."),
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    top_losses: int = typer.Option(24, "--top-losses", help="Test images with the highest loss to show (0: none)."),
+    gradcam: int = typer.Option(8, "--gradcam", help="Test images with a Grad-CAM map, wrong and right ones (0: none)."),
+    preview: int = typer.Option(16, "--preview", help="Training images in the augmentation preview (0: none)."),
+):
+    """Write one self-contained HTML page: a run's or ensemble's figures and failures, or a comparison."""
+    from kerascv_app.backend import select_backend
+
+    # The report only reads saved predictions and images; Grad-CAM's gradients are taken under
+    # TensorFlow from model.keras, whatever backend trained it, so this process runs TensorFlow,
+    # unless Keras is already loaded with another backend (kcv called from Python): Grad-CAM
+    # then runs in a TensorFlow subprocess (kerascv_app/report/gradcam.py).
+    already_loaded = sys.modules.get("keras")
+    select_backend(already_loaded.backend.backend() if already_loaded is not None else "tensorflow")
+    from kerascv_app.report import write_report
+
+    path = write_report(dirs, out, data_dir, top_losses=top_losses, gradcam=gradcam, preview=preview)
+    console.print(f"wrote [bold]{path}[/bold]", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: runs the app and turns UserError into one line and exit code 2."""
+    from kerascv_app.backend import quiet_tensorflow_import
+
+    # Before any command can import TensorFlow (keras does, under its tensorflow backend).
+    quiet_tensorflow_import()
     try:
         app(standalone_mode=False)
     except UserError as error:
-        error_console.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        # Escaped: a message may quote brackets (pip install -e ".[jax]") that rich would eat as markup.
+        error_console.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ClickException as error:  # A bad option value or usage: click's own one-line message.
         error.show()
@@ -317,6 +448,15 @@ def main() -> None:
     except typer.Exit as exit_request:
         sys.exit(exit_request.exit_code)
     except typer.Abort:
+        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, not a traceback
+        import os
+
+        if os.environ.get("KCV_VERBOSE"):
+            raise
+        from kerascv_app.runs import failure_reason
+
+        error_console.print(f"[bold red]error:[/bold red] {failure_reason(error)} (an unexpected failure: set KCV_VERBOSE=1 to see the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

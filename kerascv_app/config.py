@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -31,6 +33,10 @@ class _Section:
             if not _has_type(value, hints[f.name]):
                 type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
                 raise UserError(f"{self.section_name}.{f.name} = {value!r} has the wrong type: expected {type_name}")
+            # inf and nan pass every range check written as a comparison (nan fails none of
+            # the `not` forms, inf passes `> 0`), so they are refused here for every float field.
+            if hints[f.name] is float and not math.isfinite(value):
+                raise UserError(f"{self.section_name}.{f.name} = {value!r} is invalid: expected a finite number")
         self._validate()
 
     def _validate(self):
@@ -70,9 +76,10 @@ class DataConfig(_Section):
     # training seeds share their validation and test images and can be ensembled.
     split_seed: int = 0
     batch_size: int = 128
-    # "memory" keeps decoded images in RAM after the first epoch; "none" streams from
-    # files every epoch (for datasets larger than memory); any other value is a file prefix.
-    cache: str = "memory"
+    # "auto" keeps decoded images in RAM when all splits fit in a quarter of the memory
+    # available, else streams; "memory" always keeps them; "none" decodes every epoch
+    # (datasets larger than memory); any other value is a file prefix (one cache per split).
+    cache: str = "auto"
     shuffle_buffer: int = 10_000
     # Keep only these classes (by name), in this order; empty keeps all.
     classes: tuple[str, ...] = ()
@@ -230,8 +237,15 @@ class TrainConfig(_Section):
     # Keras's global_clipnorm: gradients are rescaled so that their global norm is at most
     # this; 0 is off.
     clip_norm: float = 0.0
+    # Whole-step compilation: "auto" is Keras's choice (XLA on a GPU with tensorflow, always
+    # with jax, off with torch); "true" forces it (XLA on tensorflow, torch.compile on torch),
+    # "false" turns it off. Measured on the 2-core CPU (bench/jit_compile.py): XLA made the
+    # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
+    # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
+    jit_compile: str = "auto"
 
     def _validate(self):
+        _check(self.jit_compile in ("auto", "true", "false"), "train.jit_compile", self.jit_compile, "'auto', 'true' or 'false'")
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
         _check(self.optimizer in ("sgd", "adamw"), "train.optimizer", self.optimizer, "'sgd' or 'adamw'")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")
@@ -292,6 +306,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        # The name becomes the run directory's and the Keras model's name: Keras refuses "/"
+        # in model names, and a path separator would put the run outside --runs-dir.
+        if not isinstance(self.name, str) or not RECIPE_NAME_PATTERN.fullmatch(self.name):
+            raise UserError(f"name = {self.name!r} is invalid: expected letters, digits, '_', '-' or '.' (it names the run directory and the model), e.g. {_suggested_name(self.name)!r}")
         # Checks across sections: colour ops and ImageNet statistics need RGB images.
         if self.data.channels != 3:
             for operation in self.augment.ops:
@@ -353,6 +371,13 @@ class Config:
             data=dataclasses.replace(self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"),
             train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0, fine_tune_epochs=min(self.train.fine_tune_epochs, 1)),
         )
+
+
+RECIPE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _suggested_name(name) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "experiment"
 
 
 def _section_types() -> dict[str, type]:

@@ -85,6 +85,7 @@ def open_model_directory(path: str | Path) -> ModelDirectory:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)")
+    _refuse_unfinished_run(path)
     info_path = path / MODEL_INFO_FILE
     if not info_path.is_file():
         raise UserError(f"{path} is not a run or ensemble directory (no {MODEL_INFO_FILE}): give a folder made by kcv fit or kcv ensemble")
@@ -96,3 +97,18 @@ def open_model_directory(path: str | Path) -> ModelDirectory:
         )
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{info_path} is corrupt ({type(error).__name__}: {error}): this folder cannot be used")
+
+
+def _refuse_unfinished_run(path: Path) -> None:
+    """A run writes model.keras and model.json before it evaluates; until run.json says
+    "finished", that model is not the run's result and must not be exported or used."""
+    from kerascv_app.runs import STATUS_FILE, RunDirectory
+
+    if not (path / STATUS_FILE).is_file():
+        return  # an ensemble directory or an exported folder: complete once it exists
+    run = RunDirectory.open(path)
+    status = run.status()
+    if status != "finished":
+        reason = run.status_record().get("reason")
+        because = f" ({reason})" if reason else ""
+        raise UserError(f"{path} is {status}, not finished{because}: only finished runs can be used; see kcv runs, and resume it with kcv fit --resume {path}")

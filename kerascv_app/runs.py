@@ -88,8 +88,9 @@ class RunDirectory:
         except KeyboardInterrupt:
             self.set_status("interrupted")
             raise
-        except Exception:
-            self.set_status("failed")
+        except Exception as error:
+            # The reason stays in run.json, so kcv runs, export and the next user can say why.
+            self.set_status("failed", reason=failure_reason(error))
             raise
 
     @contextlib.contextmanager
@@ -138,6 +139,8 @@ class RunDirectory:
         record = {}
         if (self.path / STATUS_FILE).is_file():
             record = self.status_record()
+        if status in ("running", "finished"):
+            record.pop("reason", None)  # a resumed or finished run no longer fails for it
         record.update(fields)
         record["status"] = status
         record["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
@@ -189,6 +192,12 @@ class RunDirectory:
     @property
     def predictions_dir(self) -> Path:
         return self.path / "predictions"
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line: the error's type and the first line of its message."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
 
 def process_alive(pid) -> bool:

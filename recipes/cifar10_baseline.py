@@ -10,7 +10,7 @@ Normalize((0.5,)*3, (0.5,)*3), SGD lr 0.001 momentum 0.9, batch 128, 10 epochs.
 10% of the training images are held out for validation (the source had none).
 
 Command:   kcv fit recipes/cifar10_baseline.py    (downloads CIFAR-10 when online)
-           kcv fit recipes/cifar10_baseline.py --set data.source=folder:../shared/data/cifar10-jpeg.tar.gz
+           kcv fit recipes/cifar10_baseline.py --data PATH/cifar10-jpeg.tar.gz    (a local copy, any format)
 Expected:  about 0.47 test accuracy on the CIFAR-10 JPEG copy: the source's learning rate
            is far too small for 10 epochs (--set train.learning_rate=0.01 does much better).
 Hardware:  see README "Results" and bench/seed_vs_kcv.py (2-core CPU).

@@ -1,6 +1,6 @@
 """Transfer learning, step 2 of 2: fine-tune the pre-trained network on five other classes.
 
-The target: dog, frog, horse, ship and truck from the CIFAR-10 JPEG copy, with a budget of
+The target: dog, frog, horse, ship and truck of CIFAR-10 (figures on the JPEG copy), with a budget of
 125 labelled training images per class (100 to train, 25 to validate), evaluated on all
 5,000 of their test images. The backbone is the newest finished ``cifar5_pretrain`` run in
 the runs folder, cut at fc1 (the layer feeding its classifier), with its own normalisation.
@@ -11,7 +11,7 @@ everything for 30 epochs at a 3 times lower learning rate (stage 2).
 Command:   kcv fit recipes/cifar5_pretrain.py && kcv fit recipes/cifar5_transfer.py
            (another pre-trained run: --set model.backbone=run:runs/cifar5_pretrain-...)
 Own photos (any size, a folder per class): one command, the same pre-trained run:
-           kcv fit recipes/cifar5_transfer.py --set data.source=folder:PATH --set data.classes= --set data.labelled_per_class=0
+           kcv fit recipes/cifar5_transfer.py --data PATH --set data.classes= --set data.labelled_per_class=0
 Expected:  test accuracy 0.790 (0.795, 0.786, 0.789 with --seed 0, 1, 2) against 0.711 from
            scratch (cifar5_scratch.py); the head on frozen features alone (stage 1) reaches 0.694.
 Hardware:  2-core CPU (shared), tensorflow backend: about 55 s after the pre-training.

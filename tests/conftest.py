@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, REPO_ROOT, run_kcv, write_cifar10_python
+from kcv_testing import BACKEND, REPO_ROOT, fit_learning_digits_run, run_kcv, write_cifar10_python, write_fashion_mnist
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,6 +27,12 @@ def cifar10_archive(tmp_path_factory) -> Path:
     return write_cifar10_python(tmp_path_factory.mktemp("cifar10"))
 
 
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory) -> Path:
+    """Fashion-MNIST's four gzipped IDX files, tiny: the recipe's tests need no download or Debian package."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion-mnist"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Extracted archives go to a per-session cache, never to the user's home."""
@@ -37,12 +43,8 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> Path:
-    """One tiny digits run (8x8x1, classes "0".."9") on the backend under test, shared by the export and predict tests."""
-    runs = tmp_path_factory.mktemp("digits_runs")
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--runs-dir", runs, "--quiet")
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
-    return run_dir
+    """One digits run (8x8x1, classes "0".."9") that learned, on the backend under test, shared by the export, predict and evaluate tests."""
+    return fit_learning_digits_run(tmp_path_factory.mktemp("digits_runs"))
 
 
 @pytest.fixture(scope="session")

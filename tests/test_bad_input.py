@@ -54,8 +54,12 @@ def fit_fails(tmp_path, *arguments, fragments=()):
             "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n    return Config(train=TrainConfig(epochs=-1))\n",
             ["train.epochs", "-1"],
         ),
+        (
+            "from kerascv_app.config import Config\n\ndef get_config():\n    return Config(name='cifar/v2')\n",
+            ["name = 'cifar/v2' is invalid", "'cifar_v2'"],
+        ),
     ],
-    ids=["syntax", "no-get-config", "wrong-return", "unknown-key", "wrong-type", "bad-value"],
+    ids=["syntax", "no-get-config", "wrong-return", "unknown-key", "wrong-type", "bad-value", "name-with-slash"],
 )
 def test_broken_recipes(tmp_path, text, fragments):
     fit_fails(tmp_path, write_recipe(tmp_path, text), fragments=fragments)
@@ -73,6 +77,10 @@ def test_missing_recipe(tmp_path):
         ("train.epochs=three", ["train.epochs", "wrong type"]),
         ("train.epochs", ["expected section.key=value"]),
         ("data.image_size=8", ["data.image_size"]),
+        ("train.learning_rate=inf", ["train.learning_rate = inf", "finite"]),
+        ("model.dropout=nan", ["model.dropout = nan", "finite"]),
+        ("data.image_size=2,2", ["data.image_size = (2, 2) is too small", "seed_cnn", "8,8"]),
+        ("data.classes=3", ["data.classes = ['3']", "fewer than two classes"]),
     ],
 )
 def test_bad_overrides(tmp_path, override, fragments):
@@ -163,3 +171,49 @@ def test_bad_option_values_are_usage_errors_without_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Invalid value for '--seed'" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def garble_middle(path):
+    """Keeps a JPEG's first and last bytes (so the start-up check passes) and overwrites part
+    of its middle with 0xff bytes (marker starts) until TensorFlow's decoder refuses it."""
+    import tensorflow as tf
+
+    original = path.read_bytes()
+    for length in (300, 200, 400, 600):
+        data = bytearray(original)
+        middle = len(data) // 2
+        data[middle - length // 2 : middle + length // 2] = b"\xff" * length
+        try:
+            tf.io.decode_image(bytes(data))
+        except tf.errors.InvalidArgumentError:
+            assert data[:32] == original[:32] and data[-64:] == original[-64:]
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"could not garble {path} into an undecodable JPEG")
+
+
+def test_an_image_that_does_not_decode_mid_training_is_skipped_and_named(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    random = np.random.default_rng(0)
+    for split, per_class in (("train", 12), ("test", 4)):
+        for name in ("cat", "dog"):
+            (images / split / name).mkdir(parents=True)
+            for index in range(per_class):
+                Image.fromarray(random.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / split / name / f"{index}.jpg", quality=90)
+    garble_middle(images / "train" / "cat" / "3.jpg")
+    garble_middle(images / "test" / "dog" / "1.jpg")
+    recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{images}", channels=3, model="seed_cnn"))
+    result = run_kcv("fit", recipe, "--runs-dir", tmp_path / "runs", "--quiet", "--set", "data.val_fraction=0")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "3.jpg" in result.stderr and "1.jpg" in result.stderr and "could not be decoded" in result.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert sorted(path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in environment["skipped_while_training"]) == ["cat/3.jpg", "dog/1.jpg"]
+    # The test metrics count the images that decoded, and the saved predictions are those images'.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["count"] == 7
+    assert len(np.load(run_dir / "predictions" / "test.npz")["labels"]) == 7

@@ -1,8 +1,10 @@
 """kcv ensemble on the backend under test: each method, the exported model's agreement with
-the NumPy / scikit-learn combination, valid weights, refused members, kcv evaluate.
+the NumPy / scikit-learn combination, valid weights, refused members, kcv evaluate, and
+stacking that beats averaging on members whose errors differ, or says why it was not used.
 
-The members are three tiny digits runs made once per session. They differ in their
-training seed and fc1 size, and share their splits, which follow data.split_seed.
+The members are three tiny digits runs made once per session, of two recipes: the digits
+recipe with fc1 of 16 and 32 units, and a tiny ResNet recipe written here, over the same
+data settings, so they share their splits (which follow data.split_seed).
 """
 
 from __future__ import annotations
@@ -17,22 +19,46 @@ import pytest
 from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
-MEMBER_HIDDEN_UNITS = (16, 32, 64)
 AGREEMENT_TOLERANCE = 1e-5
+#: A second recipe over the digits data: another architecture, the same data settings.
+DIGITS_RESNET_RECIPE = '''
+from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+
+
+def get_config():
+    return Config(
+        name="digits_resnet",
+        data=DataConfig(source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1, test_fraction=0.2),
+        augment=AugmentConfig(normalization="unit"),
+        model=ModelConfig(name="resnet", depth=8, width=4),
+        train=TrainConfig(epochs=15, optimizer="adamw", learning_rate=2e-3),
+    )
+'''
+#: 256 training images, and 431 validation images (43 per class): enough for stacking.
+MEMBER_DATA = ("--set", "data.max_train=256", "--set", "data.val_fraction=0.3", "--set", "train.epochs=10")
+VALIDATION_FRACTION = 0.3
+#: Well above chance (0.1) for ten digit classes.
+MEMBERS_LEARNED = 0.6
 
 
 @pytest.fixture(scope="session")
 def member_runs(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("ensemble_members") / "runs"
-    for seed, hidden_units in enumerate(MEMBER_HIDDEN_UNITS):
-        result = run_kcv(
-            "fit", DIGITS, "--smoke", "--quiet", "--runs-dir", runs, "--seed", str(seed),
-            "--set", f"model.hidden_units={hidden_units}", "--set", "train.epochs=2",
-        )
+    folder = tmp_path_factory.mktemp("ensemble_members")
+    runs = folder / "runs"
+    resnet_recipe = folder / "digits_resnet.py"
+    resnet_recipe.write_text(DIGITS_RESNET_RECIPE)
+    members = [(DIGITS, ["--set", "model.hidden_units=16"]), (DIGITS, ["--set", "model.hidden_units=32"]), (resnet_recipe, [])]
+    for seed, (recipe, options) in enumerate(members):
+        result = run_kcv("fit", recipe, "--quiet", "--runs-dir", runs, "--seed", str(seed), *MEMBER_DATA, *options)
         assert result.returncode == 0, result.stderr
-    # Run names start with a timestamp (and a suffix within the same second): oldest first.
-    members = sorted(runs.iterdir())
-    assert len(members) == len(MEMBER_HIDDEN_UNITS)
+    # Run names start with the recipe's name: order them by when they started (the
+    # timestamp ends the name), as they were trained.
+    members = sorted(runs.iterdir(), key=lambda path: path.name.split("-", 1)[1])
+    assert [read_json(path / "config.json")["name"] for path in members] == ["digits", "digits", "digits_resnet"]
+    # Members that predict one class could not show a combining mistake: they must have learned.
+    for path in members:
+        accuracy = read_json(path / "metrics.json")["test"]["accuracy"]
+        assert accuracy > MEMBERS_LEARNED, f"member {path.name} did not learn: test accuracy {accuracy}"
     return members
 
 
@@ -116,30 +142,63 @@ def test_weighted_weights_are_valid_and_minimise_validation_log_loss(tmp_path, m
     assert metrics["validation"]["loss"] == pytest.approx(log_loss(np.tensordot(weights, validation, axes=1)), rel=1e-5)
 
 
+def member_features(member_runs, split_file):
+    """What the meta-learner sees, computed here: the members' log-probabilities side by side."""
+    return np.log(np.maximum(np.concatenate([saved(member, split_file)[0] for member in member_runs], axis=1), 1e-6))
+
+
+def scikit_learn_meta_learner(meta):
+    """The meta-learner the README describes, built here from scikit-learn alone."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    if meta == "logistic":
+        return LogisticRegressionCV(Cs=list(np.logspace(-3, 1, 5)), l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss", max_iter=5000, use_legacy_attributes=False)
+    return CalibratedClassifierCV(RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))), method="temperature", cv=folds, ensemble=False)
+
+
 @pytest.mark.parametrize("meta", ["logistic", "ridge"])
 def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_runs, meta):
-    from sklearn.linear_model import LogisticRegression, RidgeClassifier
-
-    from kerascv_app.ensemble.combiners import scores_to_probabilities
-
-    out, _ = make_ensemble(tmp_path, member_runs, "--stacking", "--meta", meta)
+    out, result = make_ensemble(tmp_path, member_runs, "--stacking", "--meta", meta)
+    assert "note:" not in result.stdout
     record, metrics, probabilities = assert_complete_ensemble(out, member_runs, "stacking")
     assert record["meta_learner"] == meta and "out-of-fold" in metrics["validation_predictions"]
-    # The same meta-learner fitted here on the members' validation probabilities only.
-    features = {name: np.concatenate([saved(member, f"{name}.npz")[0] for member in member_runs], axis=1) for name in ("val", "test")}
+    # Different recipes over the same data and splits are one ensemble.
+    assert [member["recipe"] for member in record["members"]] == ["digits", "digits", "digits_resnet"]
+    assert [member["model"] for member in record["members"]] == ["seed_cnn", "seed_cnn", "resnet"]
+    # The same meta-learner fitted here on the members' validation log-probabilities only.
     labels = saved(member_runs[0], "val.npz")[1]
-    if meta == "logistic":
-        expected = LogisticRegression(max_iter=5000).fit(features["val"], labels).predict_proba(features["test"])
-    else:
-        expected = scores_to_probabilities(RidgeClassifier().fit(features["val"], labels).decision_function(features["test"]))
+    # One thread, as kcv ensemble fits it: BLAS threads on a busy CI machine cost minutes.
+    # (Built first: the limit reaches only the libraries already loaded.)
+    from threadpoolctl import threadpool_limits
+
+    meta_learner = scikit_learn_meta_learner(meta)
+    with threadpool_limits(limits=1):
+        expected = meta_learner.fit(member_features(member_runs, "val.npz"), labels).predict_proba(member_features(member_runs, "test.npz"))
     np.testing.assert_allclose(probabilities, expected, atol=AGREEMENT_TOLERANCE)
     parameters = record["meta_learner_parameters"]
     assert np.array(parameters["kernel"]).shape == (3 * 10, 10) and len(parameters["bias"]) == 10
+    assert set(record["regularisation"]) >= ({"C"} if meta == "logistic" else {"alpha", "inverse_temperature"})
 
     if meta == "logistic":
         evaluated = run_kcv("evaluate", out, "--json")
         assert evaluated.returncode == 0, evaluated.stderr
         assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    else:
+        # Calibrated: better log-loss and calibration than a softmax of the ridge's raw scores.
+        from sklearn.linear_model import RidgeClassifierCV
+
+        from kerascv_app.ensemble.build import expected_calibration_error
+        from kerascv_app.evaluate.metrics import softmax
+
+        test_labels = saved(member_runs[0])[1]
+        ridge = RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))).fit(member_features(member_runs, "val.npz"), labels)
+        raw = softmax(ridge.decision_function(member_features(member_runs, "test.npz")))
+        raw_loss = -np.mean(np.log(raw[np.arange(len(test_labels)), test_labels]))
+        assert metrics["test"]["loss"] < raw_loss
+        assert metrics["test"]["expected_calibration_error"] < expected_calibration_error(raw, test_labels)
 
 
 def test_gbm_stacking_keeps_the_scikit_learn_model_and_evaluate_says_why_not(tmp_path, member_runs):
@@ -149,8 +208,7 @@ def test_gbm_stacking_keeps_the_scikit_learn_model_and_evaluate_says_why_not(tmp
     assert "no model.keras" in result.stdout
     assert not (out / "model.keras").exists() and not (out / "model.json").exists()
     meta_learner = joblib.load(out / "meta_learner.joblib")
-    features = np.concatenate([saved(member)[0] for member in member_runs], axis=1)
-    np.testing.assert_allclose(saved(out)[0], meta_learner.predict_proba(features), atol=1e-6)
+    np.testing.assert_allclose(saved(out)[0], meta_learner.predict_proba(member_features(member_runs, "test.npz")), atol=1e-6)
     assert_one_line_error(run_kcv("evaluate", out), "gbm", "no model.keras")
 
 
@@ -163,10 +221,9 @@ def test_tta_flip_model_matches_the_mirrored_predictions(tmp_path, member_runs):
 
 
 def copy_run(source, destination, edit=None):
-    """A copy of a member run, with one record changed: a member that differs."""
+    """A copy of a member run, with records changed (one edit or a list): a member that differs."""
     shutil.copytree(source, destination)
-    if edit:
-        file_name, change = edit
+    for file_name, change in ([edit] if isinstance(edit, tuple) else edit or []):
         record = read_json(destination / file_name)
         change(record)
         (destination / file_name).write_text(json.dumps(record))
@@ -196,16 +253,21 @@ def change_validation_split(record):
     record["validation_fingerprint"] = "0123456789abcdef"
 
 
+def change_validation_fraction(record):
+    record["data"]["val_fraction"] = 0.5
+
+
 @pytest.mark.parametrize(
     "edit, fragments",
     [
         (("model.json", lambda record: record.update(class_names=list("abcdefghij"))), ["differs-member", "has classes"]),
         (("environment.json", lambda record: record.update(data_fingerprint="0123456789abcdef")), ["differs-member", "other data", "0123456789abcdef"]),
         (("splits.json", change_validation_split), ["differs-member", "another validation split", "data.split_seed"]),
+        ([("splits.json", change_validation_split), ("config.json", change_validation_fraction)], ["differs-member", "another validation split", f"data.val_fraction is 0.5, not {VALIDATION_FRACTION}"]),
         (("run.json", lambda record: record.update(status="failed")), ["differs-member", "is failed, not finished"]),
         (("model.json", lambda record: record.update(image_size=[16, 16])), ["differs-member", "16x16x1"]),
     ],
-    ids=["classes", "data", "splits", "unfinished", "input-size"],
+    ids=["classes", "data", "splits", "splits-setting", "unfinished", "input-size"],
 )
 def test_a_member_that_differs_is_refused_by_name(tmp_path, member_runs, edit, fragments):
     differing = copy_run(member_runs[1], tmp_path / "differs-member", edit)
@@ -274,12 +336,9 @@ def test_methods_the_validation_split_cannot_fit_are_refused_early():
     from kerascv_app.errors import UserError
 
     check_fittable("average", None, 3)
-    with pytest.raises(UserError, match="no validation split"):
-        check_fittable("weighted", None, 3)
-    with pytest.raises(UserError, match=r"no image of class indices \[2\]"):
-        check_fittable("stacking", np.array([0, 0, 1, 1]), 3)
-    with pytest.raises(UserError, match="only 1 image"):
-        check_fittable("stacking", np.array([0, 0, 1, 2, 2]), 3)
+    for method in ("weighted", "stacking"):
+        with pytest.raises(UserError, match="no validation split"):
+            check_fittable(method, None, 3)
 
 
 def test_expected_calibration_error_of_sure_answers():
@@ -291,3 +350,149 @@ def test_expected_calibration_error_of_sure_answers():
     # Half right at 0.75 confidence: off by 0.25.
     hedged = np.tile([0.75, 0.25], (4, 1))
     assert expected_calibration_error(hedged, np.array([0, 0, 1, 1])) == pytest.approx(0.25)
+
+
+# Stacking that earns its place: members whose errors differ by construction
+
+
+def members_that_err_differently(labels, num_classes=10, seed=0):
+    """Three members' probabilities for ``labels``: each is right on most images but, on
+    its own three classes (0-2, 3-5, 6-8), confidently swaps the true class with the next
+    one of its three half the time. No member is good everywhere; together they are."""
+    random = np.random.default_rng(seed)
+    rows = np.arange(len(labels))
+    members = []
+    for member in range(3):
+        weak = np.arange(3 * member, 3 * member + 3)
+        logits = random.normal(0.0, 1.0, (len(labels), num_classes))
+        logits[rows, labels] += 3.0
+        confused = np.flatnonzero(np.isin(labels, weak) & (random.random(len(labels)) < 0.5))
+        partner = 3 * member + (labels[confused] - 3 * member + 1) % 3
+        logits[confused, labels[confused]], logits[confused, partner] = logits[confused, partner], logits[confused, labels[confused]]
+        # Over-confident, as trained nets are.
+        probabilities = np.exp(1.5 * logits)
+        members.append(probabilities / probabilities.sum(axis=1, keepdims=True))
+    return members
+
+
+def log_loss(probabilities, labels):
+    return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels])))
+
+
+def accuracy(probabilities, labels):
+    return float((probabilities.argmax(axis=1) == labels).mean())
+
+
+@pytest.mark.parametrize("meta", ["logistic", "ridge"])
+def test_stacking_beats_every_member_and_the_average_when_errors_differ(meta):
+    from kerascv_app.ensemble.build import expected_calibration_error
+    from kerascv_app.ensemble.combiners import combine
+
+    random = np.random.default_rng(5)
+    validation_labels, test_labels = random.integers(0, 10, 431), random.integers(0, 10, 360)
+    validation, test = members_that_err_differently(validation_labels, seed=1), members_that_err_differently(test_labels, seed=2)
+    stacked = combine("stacking", meta, validation, validation_labels, test)
+    assert stacked.method == "stacking" and stacked.fallback is None
+    average = combine("average", None, validation, validation_labels, test).test_probabilities
+    probabilities = stacked.test_probabilities
+    assert accuracy(probabilities, test_labels) > max(accuracy(member, test_labels) for member in test)
+    assert log_loss(probabilities, test_labels) <= log_loss(average, test_labels)
+    assert expected_calibration_error(probabilities, test_labels) <= expected_calibration_error(average, test_labels)
+
+
+def calibrated_copies(count, seed):
+    """One calibrated model (labels drawn from its probabilities) and two near-copies of it:
+    nothing for a meta-learner to learn that the weighted average does not already have."""
+    random = np.random.default_rng(seed)
+    logits = random.normal(0.0, 1.5, (count, 10))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([random.choice(10, p=row) for row in probabilities])
+    copies = [probabilities * np.exp(random.normal(0.0, 0.01, probabilities.shape)) for _ in range(3)]
+    return [copy / copy.sum(axis=1, keepdims=True) for copy in copies], labels
+
+
+def test_stacking_that_does_not_beat_the_weighted_average_out_of_fold_falls_back_and_says_why():
+    from kerascv_app.ensemble.combiners import combine, fit_weights, weighted_average
+
+    (validation, labels), (test, _) = calibrated_copies(300, 1), calibrated_copies(200, 2)
+    combination = combine("stacking", "logistic", validation, labels, test)
+    assert combination.method == "weighted" and combination.requested == "stacking-logistic"
+    assert "out-of-fold log-loss" in combination.fallback and "--weighted" in combination.fallback
+    np.testing.assert_allclose(combination.test_probabilities, weighted_average(test, fit_weights(validation, labels)))
+    assert combination.record(10)["fallback"] == combination.fallback
+
+
+def write_synthetic_predictions(run_dir, split_file, probabilities, labels):
+    """Replaces a run's saved predictions, in the format kcv fit writes."""
+    class_names = np.array([str(index) for index in range(probabilities.shape[1])])
+    np.savez_compressed(run_dir / "predictions" / split_file, probabilities=probabilities.astype(np.float32), labels=labels, class_names=class_names)
+
+
+def synthetic_members(tmp_path, member_runs, validation_images=None):
+    """Copies of the member runs whose saved predictions err differently by construction
+    (the real validation and test labels, synthetic probabilities); ``validation_images``
+    keeps only that many validation images of each member."""
+    copies = [copy_run(member, tmp_path / "members" / member.name) for member in member_runs]
+    for split_file, seed in (("val.npz", 1), ("test.npz", 2)):
+        labels = saved(member_runs[0], split_file)[1]
+        if split_file == "val.npz" and validation_images:
+            labels = labels[:validation_images]
+        for copy, probabilities in zip(copies, members_that_err_differently(labels, seed=seed)):
+            write_synthetic_predictions(copy, split_file, probabilities, labels)
+    return copies
+
+
+def test_kcv_ensemble_stacking_beats_its_members_on_synthetic_run_directories(tmp_path, member_runs):
+    members = synthetic_members(tmp_path, member_runs)
+    out, result = make_ensemble(tmp_path, members, "--stacking")
+    assert "note:" not in result.stdout
+    metrics = read_json(out / "metrics.json")
+    assert metrics["method"] == "stacking-logistic"
+    test_labels = saved(members[0])[1]
+    average = np.mean([saved(member)[0] for member in members], axis=0)
+    assert metrics["test"]["accuracy"] > max(member["test"]["accuracy"] for member in metrics["members"])
+    assert metrics["test"]["loss"] <= log_loss(average, test_labels)
+
+
+def test_kcv_ensemble_on_a_tiny_validation_split_falls_back_to_the_weighted_average_and_says_so(tmp_path, member_runs):
+    # 30 validation images: 3 or so of each class, under the 10 stacking needs.
+    members = synthetic_members(tmp_path, member_runs, validation_images=30)
+    out, result = make_ensemble(tmp_path, members, "--stacking")
+    notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "needs at least 10 of every class (100 images for 10 classes" in notes[0] and "--weighted" in notes[0], result.stdout
+    record = read_json(out / "ensemble.json")
+    assert record["method"] == "weighted" and record["requested"] == "stacking-logistic" and len(record["weights"]) == 3
+    assert read_json(out / "metrics.json")["fallback"] == record["fallback"]
+    # The fallen-back ensemble is a complete one: its model.keras holds the weighted average.
+    assert (out / "model.keras").is_file()
+
+
+# Damaged member predictions
+
+
+@pytest.mark.parametrize("split_file", ["val.npz", "test.npz"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong-arrays"])
+def test_damaged_saved_predictions_are_one_line_naming_the_file(tmp_path, member_runs, split_file, damage):
+    from kerascv_app.ensemble.members import open_member
+    from kerascv_app.errors import UserError
+
+    copy = copy_run(member_runs[1], tmp_path / "damaged")
+    path = copy / "predictions" / split_file
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a numpy archive" * 10)
+    else:
+        np.savez(path, something_else=np.zeros(3))
+    with pytest.raises(UserError, match="corrupt or truncated") as raised:
+        open_member(copy).saved_predictions("validation" if split_file == "val.npz" else "test")
+    assert str(path) in str(raised.value) and "kcv fit" in str(raised.value)
+
+
+def test_kcv_ensemble_with_a_truncated_member_prediction_file_is_one_line(tmp_path, member_runs):
+    copy = copy_run(member_runs[1], tmp_path / "truncated-member")
+    path = copy / "predictions" / "val.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    result = run_kcv("ensemble", member_runs[0], copy, "--stacking", "--out", tmp_path / "ensembles" / "out")
+    assert_one_line_error(result, str(path), "corrupt or truncated", "kcv fit")
+    assert not (tmp_path / "ensembles").exists() or not any((tmp_path / "ensembles").iterdir())

@@ -259,7 +259,9 @@ def image_source(tmp_path_factory) -> str:
 
     root = tmp_path_factory.mktemp("coloured_classes")
     random = np.random.default_rng(7)
-    for split, count in (("train", 52), ("test", 50)):
+    # 64 per class: data.max_train = 512 keeps a stratified 80% (a cap must leave at least one
+    # image per class out; 52 per class asked for 512 of 520 and was refused).
+    for split, count in (("train", 64), ("test", 50)):
         for label in range(10):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True)
@@ -285,6 +287,7 @@ def only_run(runs_dir: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.shared_data
 def test_a_short_cpu_run_learns_and_tta_evaluation_agrees(tmp_path, image_source):
     result = run_kcv(*short_run_arguments(image_source, tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
@@ -320,6 +323,7 @@ def site_packages_without_tensorflow(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.shared_data
 # Run by the jax and torch environments; the tensorflow one has no TensorFlow-free backend
 # installed, and deselects it (tests/conftest.py).
 @pytest.mark.other_backend_than_tensorflow

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, CIFAR10_JPEG, FASHION_MNIST_DIR, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, CIFAR10_JPEG, NO_CIFAR10_JPEG, REPO_ROOT, assert_one_line_error, run_kcv
 
 RUN_FILES = [
     "run.json", "config.json", "recipe.py", "environment.json", "splits.json", "history.csv", "metrics.json",
@@ -61,17 +61,18 @@ def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(tmp_path):
     assert listed.returncode == 0 and run_dir.name in listed.stdout and "finished" in listed.stdout
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize(
     "recipe, extra, num_classes",
     [
         ("digits.py", [], 10),
-        ("fashion_mnist.py", ["--data-dir", FASHION_MNIST_DIR], 10),
+        ("fashion_mnist.py", ["--data-dir", "{fashion_mnist}"], 10),
         ("cifar10_baseline.py", ["--set", "data.source=cifar10:{cifar}"], 10),
         ("cifar10_resnet.py", ["--set", "data.source=cifar10:{cifar}", "--set", "model.depth=8"], 10),
     ],
 )
-def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, recipe, extra, num_classes):
-    arguments = [str(argument).format(cifar=cifar10_archive) for argument in extra]
+def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, fashion_mnist_dir, recipe, extra, num_classes):
+    arguments = [str(argument).format(cifar=cifar10_archive, fashion_mnist=fashion_mnist_dir) for argument in extra]
     result = run_kcv("fit", REPO_ROOT / "recipes" / recipe, "--smoke", "--runs-dir", tmp_path / "runs", *arguments)
     assert result.returncode == 0, result.stderr
     run_dir = only_run(tmp_path / "runs")
@@ -80,7 +81,8 @@ def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, recipe, extr
     assert evaluated.returncode == 0, evaluated.stderr
 
 
-@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason="the CIFAR-10 JPEG copy is not beside this checkout")
+@pytest.mark.shared_data
+@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=NO_CIFAR10_JPEG)
 def test_cifar10_baseline_smoke_on_the_real_jpeg_copy(tmp_path):
     result = run_kcv(
         "fit", REPO_ROOT / "recipes" / "cifar10_baseline.py", "--smoke", "--runs-dir", tmp_path / "runs",

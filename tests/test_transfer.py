@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, CIFAR10_JPEG, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, CIFAR10_JPEG, NO_CIFAR10_JPEG, REPO_ROOT, assert_one_line_error, run_kcv
 from kerascv_app.config import Config, DataConfig
 from kerascv_app.errors import UserError
 from kerascv_app.recipe import load_recipe
@@ -344,12 +344,13 @@ def test_labelled_per_class_caps_each_class_before_the_validation_split():
 # ---------------------------------------------------------------------------- the shipped experiment
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason="the CIFAR-10 JPEG copy is not beside this checkout")
+@pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=NO_CIFAR10_JPEG)
 def test_the_cifar5_recipes_pretrain_transfer_and_train_from_scratch(tmp_path):
     runs = tmp_path / "runs"
     for recipe in ("cifar5_pretrain", "cifar5_transfer", "cifar5_scratch"):
-        result = run_kcv("fit", REPO_ROOT / "recipes" / f"{recipe}.py", "--smoke", "--quiet", "--runs-dir", runs)
+        result = run_kcv("fit", REPO_ROOT / "recipes" / f"{recipe}.py", "--data", CIFAR10_JPEG, "--smoke", "--quiet", "--runs-dir", runs)
         assert result.returncode == 0, (recipe, result.stderr)
     records = {run.name.rsplit("-", 2)[0]: run for run in runs.iterdir()}
     assert sorted(records) == ["cifar5_pretrain", "cifar5_scratch", "cifar5_transfer"]

@@ -6,9 +6,12 @@ accurate and more robust than any one of them. Three methods:
     average    the mean of the members' probabilities
     weighted   non-negative weights summing to one, fitted on the members' validation
                predictions by minimising the validation log-loss
-    stacking   a scikit-learn meta-learner (logistic regression, ridge or gradient
-               boosting) trained on the members' validation probabilities; its reported
-               validation score is out-of-fold (cross-validation), and it never sees test
+    stacking   a scikit-learn meta-learner (logistic regression, calibrated ridge or
+               gradient boosting) trained on the members' validation log-probabilities,
+               its regularisation cross-validated; its reported validation score is
+               out-of-fold, and it never sees test. When the validation split is too
+               small, or stacking does not beat the weighted average out of fold, the
+               weighted average is used and the reason given in one line
 
 Members are combined from the predictions their runs saved (predictions/val.npz and
 test.npz), so nothing is re-run unless ``--tta flip`` asks for mirrored predictions.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kerascv_app.config import Config
-from kerascv_app.ensemble.combiners import Combination, check_fittable, combine, has_keras_form
+from kerascv_app.ensemble.combiners import Combination, check_fittable, combine
 from kerascv_app.ensemble.directory import ENSEMBLE_FILE, check_destination, staged_directory
 from kerascv_app.ensemble.members import PREDICTION_FILES, Member
 from kerascv_app.errors import UserError
@@ -57,9 +57,10 @@ def build_ensemble(
     predictions = {split_name: saved_split_predictions(members, split_name) for split_name in SPLIT_NAMES}
     validation = predictions["validation"]
     check_fittable(method, None if validation is None else validation.labels, len(members[0].class_names))
-    exportable = has_keras_form(meta_learner_name)
-    # Members run only to build the Keras model or to predict mirrored images.
-    member_models = [member.model_directory.load_model() for member in members] if (exportable or tta) else None
+    # Members run only to predict mirrored images or to build the Keras model, and
+    # whether there is a Keras model is known once stacking has kept or left its
+    # meta-learner (it falls back to the weighted average when that scores better).
+    member_models = _load_models(members) if tta else None
     if tta == "flip":
         predictions = add_mirrored_predictions(members, member_models, predictions, data_dir)
     validation, test = predictions["validation"], predictions["test"]
@@ -69,9 +70,11 @@ def build_ensemble(
         None if validation is None else validation.labels,
         test.member_probabilities,
     )
+    if combination.exportable and member_models is None:
+        member_models = _load_models(members)
     metrics = ensemble_metrics(members, combination, predictions, tta)
     with staged_directory(destination) as staging:
-        if exportable:
+        if combination.exportable:
             _write_model(staging, members, member_models, combination, tta, backend)
         else:
             import joblib
@@ -79,7 +82,14 @@ def build_ensemble(
             joblib.dump(combination.meta_learner, staging / "meta_learner.joblib")
         _write_predictions(staging, combination, predictions, members[0].class_names)
         _write_records(staging, members, combination, metrics, tta, backend, data_dir)
+    from kerascv_app.report import write_report_quietly  # report.html, after the rename; never fails the ensemble
+
+    write_report_quietly(destination)
     return EnsembleResult(path=destination, combination=combination, metrics=metrics)
+
+
+def _load_models(members: list[Member]) -> list:
+    return [member.model_directory.load_model() for member in members]
 
 
 # Member predictions
@@ -175,6 +185,7 @@ def ensemble_metrics(members: list[Member], combination: Combination, prediction
     ensemble_probabilities = {"validation": combination.validation_probabilities, "test": combination.test_probabilities}
     return {
         "method": combination.label,
+        **({"requested": combination.requested, "fallback": combination.fallback} if combination.fallback else {}),
         "tta": tta,
         **{split_name: _scored_split(predictions[split_name], ensemble_probabilities[split_name], class_names) for split_name in SPLIT_NAMES},
         "validation_predictions": VALIDATION_PREDICTIONS[combination.method],

@@ -8,6 +8,8 @@ so any difference is refused with one line naming the member and what differs.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from kerascv_app.model_dir import ModelDirectory, open_model_directory
 from kerascv_app.runs import RunDirectory, find_runs
 
 PREDICTION_FILES = {"validation": "val.npz", "test": "test.npz"}
+#: The data settings that decide which images are in the validation and test splits
+#: (data.max_train caps training images only, after the validation split is held out).
+SPLIT_SETTINGS = ("source", "split_seed", "val_fraction", "test_fraction", "max_eval", "labelled_per_class", "classes")
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,23 @@ class Member:
             return None
         try:
             with np.load(path) as saved:
-                return saved["probabilities"].astype(np.float64), saved["labels"].astype(np.int64)
-        except (OSError, ValueError, KeyError) as error:
-            raise UserError(f"{path} is corrupt ({type(error).__name__}: {error}): train {self.path} again with kcv fit")
+                probabilities, labels = saved["probabilities"].astype(np.float64), saved["labels"].astype(np.int64)
+        # A truncated .npz is a broken zip file (BadZipFile, or EOFError / zlib.error
+        # inside a member); garbage is refused as a pickle (ValueError): all one answer.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise UserError(
+                f"{path} is corrupt or truncated ({type(error).__name__}: {_first_line(error)}): leave {self.path} out of the ensemble, "
+                "or train it again with kcv fit (it writes the predictions)"
+            )
+        if probabilities.ndim != 2 or labels.shape != (len(probabilities),):
+            raise UserError(f"{path} holds probabilities of shape {probabilities.shape} and labels of shape {labels.shape}, not (images, classes) and (images,): leave {self.path} out, or train it again with kcv fit")
+        return probabilities, labels
 
     def record(self) -> dict:
         """What ensemble.json says about this member."""
         return {
             "name": self.name, "path": str(self.path.resolve()), "backend": self.model_directory.backend,
-            "precision": self.model_directory.precision, "model": self.config.get("model", {}).get("name"),
+            "precision": self.model_directory.precision, "recipe": self.config.get("name"), "model": self.config.get("model", {}).get("name"),
             "seed": self.config.get("train", {}).get("seed"),
         }
 
@@ -87,13 +100,14 @@ def difference(member: Member, reference: Member) -> str | None:
         return f"has classes {member.class_names} instead of {reference.class_names}"
     fingerprint, reference_fingerprint = member.environment.get("data_fingerprint"), reference.environment.get("data_fingerprint")
     if fingerprint != reference_fingerprint:
-        return f"was trained on other data (data fingerprint {fingerprint} instead of {reference_fingerprint})"
+        return f"was trained on other data (data fingerprint {fingerprint} instead of {reference_fingerprint}{_settings_text(member, reference, ('source',))})"
     for split_name in ("validation", "test"):
         key = f"{split_name}_fingerprint"
         if member.splits.get(key) != reference.splits.get(key):
             return (
                 f"has another {split_name} split ({split_name} fingerprint {member.splits.get(key)} instead of "
-                f"{reference.splits.get(key)}): splits follow data.split_seed and the data settings, which must be equal"
+                f"{reference.splits.get(key)}{_settings_text(member, reference, SPLIT_SETTINGS)}): splits follow data.split_seed "
+                "and the data settings, which must be equal (the model, augmentation and training may differ)"
             )
     if member.input_shape != reference.input_shape:
         return f"takes {_shape_text(member.input_shape)} images instead of {_shape_text(reference.input_shape)}: one ensemble model has one input"
@@ -152,6 +166,21 @@ def members_from_runs_folder(runs_dir: str | Path) -> tuple[list[Member], list[t
         )
     check_members(members)
     return members, skipped
+
+
+def differing_settings(member: Member, reference: Member, keys: tuple[str, ...]) -> list[str]:
+    """'data.KEY is A, not B' for each data setting in ``keys`` that differs."""
+    data, reference_data = member.config.get("data", {}), reference.config.get("data", {})
+    return [f"data.{key} is {data.get(key)!r}, not {reference_data.get(key)!r}" for key in keys if data.get(key) != reference_data.get(key)]
+
+
+def _settings_text(member: Member, reference: Member, keys: tuple[str, ...]) -> str:
+    differences = differing_settings(member, reference, keys)
+    return f"; its {', '.join(differences)}" if differences else ""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def _shape_text(shape: tuple[int, int, int]) -> str:

@@ -6,8 +6,9 @@
     (--tta flip: each member also sees the mirrored image; its two softmaxes are averaged)
 
     average / weighted   WeightedAverage(weights) -> ProbabilityLogits (log p)
-    stacking, logistic   Concatenate -> Dense(coef, intercept): its logits
-    stacking, ridge      Concatenate -> Dense(coef, intercept): the decision scores
+    stacking, logistic   Concatenate -> log(max(p, 1e-6)) -> Dense(coef, intercept): its logits
+    stacking, ridge      Concatenate -> log(max(p, 1e-6)) -> Dense(beta * coef, beta * intercept):
+                         the decision scores times the fitted inverse temperature
 
 Like a run's model it takes [0, 255] images and returns float32 logits, so a softmax of
 its output is the ensemble's probability, whatever the combiner.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerascv_app.ensemble.combiners import Combination
+from kerascv_app.ensemble.combiners import FEATURE_FLOOR, Combination
 
 
 def build_ensemble_model(member_models: list, combination: Combination, input_shape: tuple[int, int, int], num_classes: int, tta: str | None):
@@ -45,7 +46,9 @@ def build_ensemble_model(member_models: list, combination: Combination, input_sh
         combined = WeightedAverage(combination.weights.tolist(), dtype="float32", name="combiner")(member_probabilities)
         logits = ProbabilityLogits(dtype="float32", name="logits")(combined)
     else:
-        features = layers.Concatenate(axis=-1, dtype="float32", name="member_probabilities")(member_probabilities)
+        probabilities = layers.Concatenate(axis=-1, dtype="float32", name="member_probabilities")(member_probabilities)
+        # The meta-learner's features: log(max(p, floor)), as combiners.stacking_features.
+        features = ProbabilityLogits(floor=FEATURE_FLOOR, dtype="float32", name="member_log_probabilities")(probabilities)
         kernel, bias = combination.linear_parameters(num_classes)
         meta_learner = layers.Dense(num_classes, dtype="float32", trainable=False, name="logits")
         logits = meta_learner(features)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,15 @@ from kerascv_app.evaluate.plots import plot_confusion_matrix, plot_curves
 from kerascv_app.model_dir import open_model_directory
 from kerascv_app.runs import RunDirectory
 
+#: Fault injection for the tests: KCV_FAULT=evaluation fails a run after training, in the
+#: step that writes its predictions and metrics.
+FAULT_VARIABLE = "KCV_FAULT"
+
 
 def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: Config) -> dict:
     """Predicts validation and test splits, saves predictions, metrics.json and plots."""
+    if os.environ.get(FAULT_VARIABLE) == "evaluation":
+        raise RuntimeError("fault injected by KCV_FAULT=evaluation")
     run.predictions_dir.mkdir(exist_ok=True)
     metrics = {}
     for split_name, file_name in (("validation", "val"), ("test", "test")):
@@ -71,10 +78,15 @@ def open_evaluated_directory(path: str | Path) -> RunDirectory:
     return run
 
 
-def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False) -> dict:
+def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False, source: str | None = None) -> dict:
     """Recomputes the test metrics of a finished run from its saved model, optionally
-    with test-time augmentation (flip and one-pixel shifts)."""
+    with test-time augmentation (flip and one-pixel shifts). ``source`` (kcv evaluate --data)
+    reads the data from elsewhere; its test images must still be the run's."""
+    import dataclasses
+
     config = Config.from_dict(run.read_json("config.json"))
+    if source is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=source))
     model = open_model_directory(run.path).load_model()
     environment = run.read_json("environment.json")
     prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))

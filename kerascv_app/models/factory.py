@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from kerascv_app.augment.spec import split_by_placement
 from kerascv_app.config import Config
+from kerascv_app.errors import UserError
 from kerascv_app.models.registry import get_builder
 
 # (scale, offset) applied to [0, 255] pixels.
@@ -23,7 +24,56 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
+#: The largest side tried when looking for the smallest image size a model accepts.
+LARGEST_PROBED_SIZE = 1024
+
+
 def create_model(config: Config, num_classes: int):
+    """Builds the model; an image size too small for its poolings is one line naming the
+    smallest size that builds, instead of Keras's shape error from deep inside."""
+    try:
+        return _build_model(config, num_classes)
+    except ValueError as error:
+        smallest = None if config.model.backbone else _smallest_square_size(config, num_classes)
+        if smallest is None:
+            raise
+        raise UserError(
+            f"data.image_size = {tuple(config.data.image_size)} is too small for model.name = {config.model.name!r}: "
+            f"the smallest size it accepts is {smallest},{smallest} (set data.image_size to at least that)"
+        ) from error
+
+
+def _builds(config: Config, num_classes: int, side: int) -> bool:
+    import dataclasses
+
+    resized = dataclasses.replace(config, data=dataclasses.replace(config.data, image_size=(side, side)))
+    try:
+        _build_model(resized, num_classes)
+        return True
+    except ValueError:
+        return False
+
+
+def _smallest_square_size(config: Config, num_classes: int) -> int | None:
+    """The smallest side of a square image that builds, or None when none up to
+    LARGEST_PROBED_SIZE does (then the size is not the problem). Doubling, then a binary
+    search: for pooling networks, every size above the smallest one builds."""
+    low = 1
+    high = max(16, *config.data.image_size)
+    while not _builds(config, num_classes, high):
+        if high >= LARGEST_PROBED_SIZE:
+            return None
+        low, high = high + 1, min(high * 2, LARGEST_PROBED_SIZE)
+    while low < high:
+        middle = (low + high) // 2
+        if _builds(config, num_classes, middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def _build_model(config: Config, num_classes: int):
     import keras
     from keras import layers
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kerascv_app import backend as backend_module
 from kerascv_app.config import Config, TrainConfig
-from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data
+from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data, report_undecodable_files
 from kerascv_app.errors import UserError
 from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.models.backbones import resolve_backbone
@@ -51,6 +51,8 @@ def fit(
     backend_module.set_precision(config.train.precision)
     keras.utils.set_random_seed(config.train.seed)
     prepared = prepare_data(config, data_dir)
+    if show_progress:
+        _say(prepared.cache.line())
     # config.json keeps the recipe's config; training uses its batch and rate for the replicas.
     training_config = distribution.training_config(config)
     # Building once before the run directory exists refuses bad model options early.
@@ -160,6 +162,7 @@ def compile_model(model, config: Config, prepared: PreparedData, train_config: T
         optimizer=create_optimizer(train_config, prepared.steps_per_epoch(config.data.batch_size)),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=train_config.label_smoothing),
         metrics=metrics,
+        jit_compile={"auto": "auto", "true": True, "false": False}[train_config.jit_compile],
     )
 
 
@@ -175,6 +178,8 @@ def _train_and_finish(
         validation_dataset = distribution.adapt_dataset(validation_dataset, config.data.batch_size)
     train_epochs = _epoch_trainer(run, config, prepared, model, show_progress, distribution, validation_dataset, resume_from)
     with run.marking_failures():
+        # Everything after training too: a failure while saving or evaluating marks the run
+        # failed (with its reason), so that export and ensembles never take its model.keras.
         try:
             if config.model.backbone:
                 from kerascv_app.train.stages import fit_in_stages
@@ -188,20 +193,24 @@ def _train_and_finish(
                 f"{error}: {run.path} is marked failed. Train it again with other settings, e.g. a lower train.learning_rate, "
                 f"train.clip_norm or train.precision=float32: kcv fit {run.file('recipe.py')} --set train.learning_rate=..."
             ) from None
-    best_path = run.file("best.weights.h5")
-    if config.train.keep_best and best_path.is_file():
-        model.load_weights(best_path)
-    model.save(run.model_path)
-    ModelDirectory(
-        path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
-        channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
-    ).write()
-    from kerascv_app.evaluate.evaluate import write_evaluation
+        best_path = run.file("best.weights.h5")
+        if config.train.keep_best and best_path.is_file():
+            model.load_weights(best_path)
+        model.save(run.model_path)
+        ModelDirectory(
+            path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
+            channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
+        ).write()
+        from kerascv_app.evaluate.evaluate import write_evaluation
 
-    _deduplicate_history(run.file("history.csv"))
-    metrics = write_evaluation(run, model, prepared, config)
-    _remove_tree(run.backup_dir)
-    run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
+        _deduplicate_history(run.file("history.csv"))
+        metrics = write_evaluation(run, model, prepared, config)
+        report_undecodable_files(run, prepared)
+        _remove_tree(run.backup_dir)
+        from kerascv_app.report import write_report_quietly  # report.html: the parts that need no images; never fails the run
+
+        write_report_quietly(run.path)
+        run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
     return run
 
 
@@ -317,23 +326,44 @@ def _callbacks(run: RunDirectory, config: Config, prepared: PreparedData, has_va
 
 def _progress(config: Config, prepared: PreparedData, total_epochs: int, stage_name: str, first_batch: int):
     """The progress display; a resumed epoch's bar starts at the batch it resumes from."""
-    from kerascv_app.train.progress import RichProgress
+    import keras
 
-    class ResumedProgress(RichProgress):
+    from kerascv_app.train.progress import RichProgress, progress_callback
+
+    display = progress_callback(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
+
+    class ResumedProgress(keras.callbacks.Callback):
+        """The display, told batch numbers counted from the epoch's start, not the fit's."""
+
+        offset = first_batch
+
+        def set_model(self, model):
+            super().set_model(model)
+            display.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            display.set_params(params)
+
+        def on_train_begin(self, logs=None):
+            display.on_train_begin(logs)
+
         def on_epoch_begin(self, epoch, logs=None):
-            super().on_epoch_begin(epoch, logs)
-            self.progress.update(self._batch_task, completed=self.offset)
+            display.on_epoch_begin(epoch, logs)
+            if isinstance(display, RichProgress):
+                display.progress.update(display._batch_task, completed=self.offset)
 
         def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch + self.offset, logs)
+            display.on_train_batch_end(batch + self.offset, logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
+            display.on_epoch_end(epoch, logs)
             self.offset = 0
 
-    progress = ResumedProgress(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
-    progress.offset = first_batch
-    return progress
+        def on_train_end(self, logs=None):
+            display.on_train_end(logs)
+
+    return ResumedProgress()
 
 
 def _kill_switch() -> list:
@@ -375,7 +405,15 @@ def _deduplicate_history(path: Path) -> None:
 
 def environment_record(config: Config, backend: str, distribution, prepared: PreparedData, data_dir) -> dict:
     # distribution, replicas, workers, worker_index, global_batch_size, learning_rate
-    return runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    record = runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    if prepared.cache is not None:
+        record["data_cache"] = prepared.cache.record()
+    return record
+
+
+def _say(line: str) -> None:
+    """kcv's own start-up lines go to stderr: stdout holds the epochs and the summary."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _remove_tree(path: Path) -> None:

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kcv_testing import CIFAR10_JPEG, NO_CIFAR10_JPEG
+
 from kerascv_app.data.folder import check_image_file, load_image_folder
 from kerascv_app.data.sources import load_source
 from kerascv_app.errors import UserError
 
-REAL_ARCHIVE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REAL_ARCHIVE = CIFAR10_JPEG
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -282,8 +284,9 @@ def session_cache_dir(tmp_path_factory) -> str:
     return os.environ.get("KCV_CACHE_DIR") or str(tmp_path_factory.mktemp("kcv-cache"))
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_ARCHIVE.is_file(), reason=f"{REAL_ARCHIVE} is not here")
+@pytest.mark.skipif(not REAL_ARCHIVE.is_file(), reason=NO_CIFAR10_JPEG)
 def test_real_cifar10_jpeg_archive(session_cache_dir, monkeypatch, decode_batches):
     monkeypatch.setenv("KCV_CACHE_DIR", session_cache_dir)
     data = load_image_folder(REAL_ARCHIVE)

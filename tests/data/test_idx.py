@@ -9,25 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kcv_testing import write_fashion_mnist, write_idx, write_idx_split
+
 from kerascv_app.data import idx
 from kerascv_app.data.idx import FASHION_MNIST_CLASSES, IMAGE_MAGIC, LABEL_MAGIC, load_fashion_mnist, load_idx_directory
 from kerascv_app.errors import UserError
 
 
-def write_idx(path: Path, values: np.ndarray, magic: int, gzipped: bool = True) -> Path:
-    """An unsigned-byte IDX file: big-endian magic, one 32-bit size per dimension, the values."""
-    content = struct.pack(">I", magic) + struct.pack(f">{values.ndim}I", *values.shape) + values.astype(np.uint8).tobytes()
-    if gzipped:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(content))
-    else:
-        path.write_bytes(content)
-    return path
-
-
 def write_split(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gzipped: bool = True) -> None:
-    write_idx(folder / f"{prefix}-images-idx3-ubyte", images, IMAGE_MAGIC, gzipped)
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, LABEL_MAGIC, gzipped)
+    write_idx_split(folder, prefix, images, labels, gzipped)
 
 
 def random_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,14 +94,21 @@ def test_missing_files_are_named(tmp_path):
         load_idx_directory(tmp_path)
 
 
-def test_fashion_mnist_from_debian_package():
+@pytest.mark.shared_data
+def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    # Where Debian's dataset-fashion-mnist puts the four gzipped files (written here, tiny, in
+    # the real format): found without --data-dir, with Fashion-MNIST's class names.
+    debian = write_fashion_mnist(tmp_path / "fashion-mnist", train_per_class=6, test_per_class=2)
+    monkeypatch.setattr(idx, "FASHION_MNIST_DEBIAN_DIR", debian)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     data = load_fashion_mnist(None)
     assert data.class_names == FASHION_MNIST_CLASSES
-    assert data.train.images.shape == (60000, 28, 28, 1)
-    assert data.test.images.shape == (10000, 28, 28, 1)
-    assert np.bincount(data.train.labels).tolist() == [6000] * 10
+    assert data.train.images.shape == (60, 28, 28, 1)
+    assert data.test.images.shape == (20, 28, 28, 1)
+    assert np.bincount(data.train.labels).tolist() == [6] * 10
 
 
+@pytest.mark.shared_data
 def test_fashion_mnist_prefers_data_dir(tmp_path):
     write_split(tmp_path, "train", *random_digits(8, seed=0))
     write_split(tmp_path, "t10k", *random_digits(3, seed=1))
@@ -120,6 +117,7 @@ def test_fashion_mnist_prefers_data_dir(tmp_path):
     assert data.class_names[0] == "T-shirt/top"
 
 
+@pytest.mark.shared_data
 def test_fashion_mnist_offline_names_the_remedy(tmp_path, monkeypatch):
     monkeypatch.setattr(idx, "FASHION_MNIST_DEBIAN_DIR", tmp_path / "not-installed")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
