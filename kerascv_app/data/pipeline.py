@@ -240,8 +240,9 @@ def make_training_epochs(
     and logged, the same caches), except that no shuffle reshuffles by itself: a reshuffling
     shuffle's order depends on how many epochs this process has iterated, which a resumed
     process cannot know. Iterate it with ``steps_per_epoch`` (its length is unknown to
-    Keras); an epoch that dropped an undecodable file is a batch short at most, and then
-    lends its successor's first batch to it: still the same order in a resumed run.
+    Keras). An undecodable file that is dropped shortens its epoch's last batch; only if that
+    empties the batch does the epoch end a batch early, and Keras's epoch then takes the next
+    epoch's first batch: the run goes on, but a resume there no longer replays it exactly.
     """
     import tensorflow as tf
 
