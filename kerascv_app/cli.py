@@ -78,8 +78,15 @@ def fit(
     from kerascv_app.runs import RunDirectory
 
     if resume is not None:
+        # A resumed run trains what it started with: what would change it is refused.
+        changed = [name for name, given in (("a RECIPE", recipe is not None), ("--set", bool(overrides)), ("--seed", seed is not None), ("--precision", precision is not None), ("--smoke", smoke)) if given]
+        if changed:
+            raise UserError(
+                f"kcv fit --resume trains the run as it started, so it does not take {', '.join(changed)}: "
+                "only --data-dir (the same data moved), --backend (the run's own) and --quiet may be given; to change settings, train a new run"
+            )
         run = RunDirectory.open(resume)
-        recorded_backend = run.read_json("environment.json")["backend"]
+        recorded_backend = run.read_json("environment.json").get("backend")
         chosen = select_backend(backend.value if backend else recorded_backend)
         from kerascv_app.train.fit import resume as resume_run
 

@@ -228,6 +228,21 @@ class TrainConfig(_Section):
     # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
     # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
     jit_compile: str = "auto"
+    # Checkpoints inside an epoch (kerascv_app/train/checkpoint.py), besides the one at every
+    # epoch end: a number of steps ("500") or minutes ("10min"). The default bounds what a
+    # kill loses to 5 minutes of training on any dataset size, while a small run (digits: an
+    # epoch takes a second) never checkpoints inside an epoch; one write of a ResNet-50's
+    # weights and optimizer state (about 300 MB) takes about a second, well under 1% of 5 min.
+    checkpoint_every: str = "5min"
+    # Exponential moving average of the weights (Keras's use_ema, this ema_momentum per
+    # step); 0 is off. The averaged weights are evaluated, kept as best and saved as the model.
+    ema: float = 0.0
+    # Keras's gradient_accumulation_steps: the optimizer applies the mean gradient of this
+    # many batches at once (a larger effective batch on a small device); 1 is off.
+    gradient_accumulation_steps: int = 1
+    # Keras's global_clipnorm: gradients are rescaled so that their global norm is at most
+    # this; 0 is off.
+    clip_norm: float = 0.0
 
     def _validate(self):
         _check(self.jit_compile in ("auto", "true", "false"), "train.jit_compile", self.jit_compile, "'auto', 'true' or 'false'")
@@ -255,6 +270,27 @@ class TrainConfig(_Section):
         _check(self.fine_tune_epochs >= 0, "train.fine_tune_epochs", self.fine_tune_epochs, "0 (no stage 2) or a positive number of epochs")
         _check(self.fine_tune_learning_rate > 0, "train.fine_tune_learning_rate", self.fine_tune_learning_rate, "a positive rate")
         _check(self.unfreeze_top >= 0, "train.unfreeze_top", self.unfreeze_top, "0 (the whole backbone) or a positive number of blocks")
+        parse_checkpoint_every(self.checkpoint_every)
+        _check(0.0 <= self.ema < 1.0, "train.ema", self.ema, "0 (off) or a momentum in (0, 1), e.g. 0.999")
+        _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", self.gradient_accumulation_steps, "1 (off) or a positive number of batches")
+        _check(self.clip_norm >= 0.0, "train.clip_norm", self.clip_norm, "0 (off) or a positive norm")
+        if self.loop == "fast":
+            for name, off in (("ema", 0.0), ("gradient_accumulation_steps", 1), ("clip_norm", 0.0)):
+                _check(getattr(self, name) == off, f"train.{name}", getattr(self, name), f"{off} with train.loop = 'fast' (a Keras optimizer option, which the fast loop does not use)")
+
+
+def parse_checkpoint_every(text: str) -> tuple[int | None, float | None]:
+    """``train.checkpoint_every`` as (steps, None) or (None, seconds): "500", "10min", "30s"."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(min|m|s|h)?\s*", text)
+    if match:
+        number, unit = float(match.group(1)), match.group(2)
+        if unit is None and number.is_integer() and number > 0:
+            return int(number), None
+        if unit is not None and number > 0:
+            return None, number * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+    raise UserError(f"train.checkpoint_every = {text!r} is invalid: expected a number of steps (e.g. 500) or a time (e.g. 10min, 30s)")
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -12,7 +12,8 @@
       predictions/val.npz   probabilities and labels (ensembles are built from these)
       predictions/test.npz
       confusion_matrix.png, curves.png, tensorboard/
-      backup/               Keras BackupAndRestore state while the run is unfinished
+      backup/               checkpoints while the run is unfinished (kerascv_app/train/checkpoint.py)
+      lock                  pid and host of the process training the run (held with flock)
 
 A run is finished only when ``run.json`` says so; that line is written last.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from kerascv_app.errors import UserError
 
 STATUS_FILE = "run.json"
+LOCK_FILE = "lock"
 
 
 def write_json_atomically(path: Path, value) -> None:
@@ -91,6 +93,48 @@ class RunDirectory:
             self.set_status("failed", reason=failure_reason(error))
             raise
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Holds the run's lock: one process trains a run at a time.
+
+        An ``flock`` on ``lock``, which holds the owner's pid and host for the message: the
+        kernel releases it when the process ends, however it ends, so a lock is never stale
+        after a kill, and no process can take it while its owner lives.
+        """
+        import fcntl
+
+        descriptor = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(descriptor, 200, 0).decode(errors="replace").split()
+                pid, host = (owner + ["?", "?"])[:2]
+                raise UserError(
+                    f"{self.path} is being trained by process {pid} on {host}: wait for it to end, or stop it (kill {pid}) before resuming"
+                ) from None
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(descriptor)  # releases the flock
+
+    def is_locked(self) -> bool:
+        """Whether a live process holds the run's lock (on this host)."""
+        import fcntl
+
+        path = self.path / LOCK_FILE
+        if not path.is_file():
+            return False
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(descriptor)
+        return False
+
     def set_status(self, status: str, **fields) -> None:
         record = {}
         if (self.path / STATUS_FILE).is_file():
@@ -109,7 +153,7 @@ class RunDirectory:
         """finished, failed, running, or interrupted (said running, but its process is gone)."""
         record = self.status_record()
         status = record.get("status", "unknown")
-        if status == "running" and record.get("host") == socket.gethostname() and not process_alive(record.get("pid")):
+        if status == "running" and record.get("host") == socket.gethostname() and not (process_alive(record.get("pid")) or self.is_locked()):
             return "interrupted"
         return status
 
@@ -129,7 +173,13 @@ class RunDirectory:
         path = self.path / name
         if not path.is_file():
             raise UserError(f"{path} is missing: the run did not finish (see kcv runs), resume it with kcv fit --resume {self.path}")
-        return json.loads(path.read_text())
+        try:
+            value = json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            raise UserError(f"{path} is corrupt ({type(error).__name__}: {error}): this run directory cannot be used as it is") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path} is corrupt (not a JSON object): this run directory cannot be used as it is")
+        return value
 
     @property
     def model_path(self) -> Path:

@@ -23,18 +23,28 @@ def augment_batches(dataset, operations: tuple[AugmentOp, ...], seed: int, chann
 
     if not operations:
         return dataset
-    augmenter = pipeline_augmenter(operations, seed, channels)
     # A new stream of seeds each epoch, so an image position gets fresh augmentation.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return augment_seeded_batches(tf.data.Dataset.zip((dataset, seeds)).map(lambda batch, batch_seed: (*batch, batch_seed)), operations, seed, channels)
+
+
+def augment_seeded_batches(dataset, operations: tuple[AugmentOp, ...], seed: int, channels: int):
+    """Like :func:`augment_batches` for a dataset of (images, labels, batch seed) whose int64
+    [2] seeds the caller chose (a resumed run replays them from (seed, epoch, batch))."""
+    import tensorflow as tf
+
+    if not operations:
+        return dataset.map(lambda images, labels, batch_seed: (images, labels))
+    augmenter = pipeline_augmenter(operations, seed, channels)
 
     # Plain graph code with no Python control flow on tensors: autograph has nothing to
     # convert, and converting Keras layer methods once mixed up two methods in a long test run.
     @tf.autograph.experimental.do_not_convert
-    def augment(batch, batch_seed):
-        images, labels = augmenter.augment_batch(batch[0], batch[1], batch_seed)
+    def augment(images, labels, batch_seed):
+        images, labels = augmenter.augment_batch(images, labels, batch_seed)
         return to_uint8(images), labels
 
-    return tf.data.Dataset.zip((dataset, seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def pipeline_augmenter(operations: tuple[AugmentOp, ...], seed: int, channels: int):

@@ -40,12 +40,14 @@ class ImageSplit:
         """A tf.data.Dataset of (element, int64 label), in this split's order."""
         raise NotImplementedError
 
-    def to_training_dataset(self, seed: int):
+    def to_training_dataset(self, seed: int, epoch=None):
         """The stream training reads: any order, since the pipeline shuffles it.
 
         Sources stored in several files (TFRecord shards) override this to read files in
         parallel and in a seeded order that changes each epoch; the others stream as
-        :meth:`to_dataset` does.
+        :meth:`to_dataset` does. With ``epoch`` (an int or a tensor) the order is a pure
+        function of (seed, epoch), so that a resumed run replays an epoch exactly; without
+        it, it changes with each iteration of the dataset.
         """
         return self.to_dataset()
 
@@ -72,7 +74,7 @@ class ArraySplit(ImageSplit):
 
         return tf.data.Dataset.from_tensor_slices((self.images, self.labels))
 
-    def to_training_dataset(self, seed: int):
+    def to_training_dataset(self, seed: int, epoch=None):
         # Arrays may be sorted by class (a stratified subset keeps the source's order), and
         # the pipeline's bounded shuffle buffer cannot mix a class-sorted stream: start from
         # a seeded permutation (one copy of the arrays; the buffer varies each epoch's order).
@@ -102,14 +104,14 @@ class FileSplit(ImageSplit):
         """(bytes, label), or (position, bytes, label) with ``with_positions``."""
         return self._read(self._paths_and_labels(), with_positions)
 
-    def to_training_dataset(self, seed: int, with_positions: bool = False):
+    def to_training_dataset(self, seed: int, epoch=None, with_positions: bool = False):
         # Folders list their files class by class, and the pipeline's bounded shuffle buffer
         # (data.shuffle_buffer) cannot mix a class-sorted stream of 50,000 images (measured:
         # the CIFAR-10 baseline reached 0.31 test accuracy instead of 0.53). The paths, not the images, are
         # shuffled in full, in a new seeded order each epoch: a few bytes per file.
 
         listing = self._paths_and_labels()
-        return self._read(listing.shuffle(max(len(self), 1), seed=seed, reshuffle_each_iteration=True), with_positions)
+        return self._read(shuffle_for_epoch(listing, max(len(self), 1), seed, epoch), with_positions)
 
     def undecodable_paths(self) -> list[str]:
         """Files that never came out of the decoder. A file the pipeline did not reach (a
@@ -141,6 +143,29 @@ class FileSplit(ImageSplit):
         if with_positions:
             return listing.map(lambda position, path, label: (position, tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
         return listing.map(lambda position, path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch):
+    """One epoch's shuffle seed, a pure function of (seed, epoch); ``epoch`` may be a tensor."""
+    import tensorflow as tf
+
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def shuffle_for_epoch(dataset, buffer_size: int, seed: int, epoch=None):
+    """A seeded shuffle: new each iteration without ``epoch``, fixed by (seed, epoch) with it."""
+    if epoch is None:
+        return dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+    import tensorflow as tf
+
+    # With a global seed of 0 (keras.utils.set_random_seed(0)), TensorFlow's seed logic
+    # compares a tensor seed to 0 in Python and fails; the op seed alone fixes the order.
+    graph = tf.compat.v1.get_default_graph()
+    global_seed, graph.seed = graph.seed, None
+    try:
+        return dataset.shuffle(buffer_size, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    finally:
+        graph.seed = global_seed
 
 
 @dataclass

@@ -82,6 +82,15 @@ def training_datasets(prepared: PreparedData, config: Config):
     return train, validation
 
 
+def training_epochs(prepared: PreparedData, config: Config, first_epoch: int, end_epoch: int, skip_batches: int = 0):
+    """Training batches of epochs first_epoch..end_epoch - 1, replayable (see make_training_epochs)."""
+    from kerascv_app.data.pipeline import make_training_epochs
+
+    return make_training_epochs(
+        prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, config.train.seed, first_epoch, end_epoch, skip_batches
+    )
+
+
 def evaluation_dataset(prepared: PreparedData, config: Config, split_name: str):
     split = getattr(prepared.splits, split_name)
     if len(split) == 0:

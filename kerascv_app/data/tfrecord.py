@@ -101,12 +101,14 @@ class TFRecordSplit(ImageSplit):
         records = tf.data.TFRecordDataset(self.shard_paths, buffer_size=_READ_BUFFER_BYTES)
         return self._select(records)
 
-    def to_training_dataset(self, seed: int):
+    def to_training_dataset(self, seed: int, epoch=None):
         import tensorflow as tf
+
+        from kerascv_app.data.base import shuffle_for_epoch
 
         shards = tf.data.Dataset.from_tensor_slices(self.shard_paths)
         # A new shard order each epoch, the same on every worker (same seed).
-        shards = shards.shuffle(len(self.shard_paths), seed=seed, reshuffle_each_iteration=True)
+        shards = shuffle_for_epoch(shards, len(self.shard_paths), seed, epoch)
         records = shards.interleave(
             lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES),
             cycle_length=min(PARALLEL_SHARD_READS, len(self.shard_paths)),

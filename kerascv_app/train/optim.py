@@ -82,8 +82,16 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
 def create_optimizer(config: TrainConfig, steps_per_epoch: int):
     learning_rate = learning_rate_schedule(config, steps_per_epoch)
     weight_decay = config.weight_decay or None
+    # Keras's own options for long runs; their state (the average, the accumulated
+    # gradients) lives in optimizer variables, so checkpoints carry it across a resume.
+    options = {
+        "use_ema": config.ema > 0,
+        "ema_momentum": config.ema or 0.99,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None,
+        "global_clipnorm": config.clip_norm or None,
+    }
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **options)
     return keras.optimizers.SGD(
-        learning_rate=learning_rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=weight_decay
+        learning_rate=learning_rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=weight_decay, **options
     )
