@@ -222,12 +222,6 @@ class TrainConfig(_Section):
     # is a residual block, or a convolution or dense layer with its BatchNorm, activation and
     # pooling (kerascv_app/models/blocks.py).
     unfreeze_top: int = 0
-    # Whole-step compilation: "auto" is Keras's choice (XLA on a GPU with tensorflow, always
-    # with jax, off with torch); "true" forces it (XLA on tensorflow, torch.compile on torch),
-    # "false" turns it off. Measured on the 2-core CPU (bench/jit_compile.py): XLA made the
-    # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
-    # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
-    jit_compile: str = "auto"
     # Checkpoints inside an epoch (kerascv_app/train/checkpoint.py), besides the one at every
     # epoch end: a number of steps ("500") or minutes ("10min"). The default bounds what a
     # kill loses to 5 minutes of training on any dataset size, while a small run (digits: an
@@ -243,6 +237,12 @@ class TrainConfig(_Section):
     # Keras's global_clipnorm: gradients are rescaled so that their global norm is at most
     # this; 0 is off.
     clip_norm: float = 0.0
+    # Whole-step compilation: "auto" is Keras's choice (XLA on a GPU with tensorflow, always
+    # with jax, off with torch); "true" forces it (XLA on tensorflow, torch.compile on torch),
+    # "false" turns it off. Measured on the 2-core CPU (bench/jit_compile.py): XLA made the
+    # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
+    # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
+    jit_compile: str = "auto"
 
     def _validate(self):
         _check(self.jit_compile in ("auto", "true", "false"), "train.jit_compile", self.jit_compile, "'auto', 'true' or 'false'")

@@ -229,32 +229,32 @@ def make_training_epochs(
     first_epoch: int,
     end_epoch: int,
     skip_batches: int = 0,
+    split_name: str = "train",
 ):
     """The training batches of epochs ``first_epoch`` to ``end_epoch - 1``, one after the other,
     each epoch's order and augmentation a pure function of (seed, epoch), the first epoch
     without its first ``skip_batches`` batches: what a resumed run needs to continue at the
     next batch with the images the uninterrupted run would have seen.
 
-    The same steps as :func:`make_dataset` for ``training=True``, except that no shuffle
-    reshuffles by itself: a reshuffling shuffle's order depends on how many epochs this
-    process has iterated, which a resumed process cannot know. Iterate it with
-    ``steps_per_epoch`` (its length is unknown to Keras).
+    The same steps as :func:`make_dataset` for ``training=True`` (undecodable files dropped
+    and logged, the same caches), except that no shuffle reshuffles by itself: a reshuffling
+    shuffle's order depends on how many epochs this process has iterated, which a resumed
+    process cannot know. Iterate it with ``steps_per_epoch`` (its length is unknown to
+    Keras). An undecodable file that is dropped shortens its epoch's last batch; only if that
+    empties the batch does the epoch end a batch early, and Keras's epoch then takes the next
+    epoch's first batch: the run goes on, but a resume there no longer replays it exactly.
     """
     import tensorflow as tf
 
     from kerascv_app.data.base import epoch_seed, shuffle_for_epoch
 
     autotune = tf.data.AUTOTUNE
-
-    files = isinstance(split, FileSplit)
     if split.element_kind == "encoded":
         _ignore_unknown_length_warning()
 
     def decoded(epoch):
-        if files:
-            # (position, image, label): an undecodable file is dropped and named at the end.
-            dataset = split.to_training_dataset(seed, epoch, with_positions=True)
-            dataset = dataset.map(
+        if isinstance(split, FileSplit):
+            dataset = split.to_training_dataset(seed, epoch, with_positions=True).map(
                 lambda position, encoded, label: (position, decode_image(encoded, data.image_size, data.channels), label),
                 num_parallel_calls=autotune,
             )
@@ -263,10 +263,7 @@ def make_training_epochs(
         if split.element_kind == "encoded":
             dataset = dataset.map(lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label), num_parallel_calls=autotune)
             return dataset.ignore_errors()
-        return dataset.map(
-            lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label),
-            num_parallel_calls=autotune,
-        )
+        return dataset.map(lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label), num_parallel_calls=autotune)
 
     cache = data.cache
     if cache == "auto":  # Callers that did not resolve it for the whole run: this split alone.
@@ -279,7 +276,7 @@ def make_training_epochs(
         # A cache holds the order it was filled in, the first epoch's: epoch 0's, whichever
         # epoch fills it, so that a resumed process caches what the first process did.
         cached = decoded(0)
-        cached = cached.cache() if cache == "memory" else cached.cache(split_cache_prefix(cache, split, "train", data))
+        cached = cached.cache() if cache == "memory" else cached.cache(split_cache_prefix(cache, split, split_name, data))
 
         def epoch_stream(epoch):
             return cached
@@ -291,19 +288,20 @@ def make_training_epochs(
         batches = stream.batch(data.batch_size, num_parallel_calls=autotune)
         # Each batch's augmentation seed is (epoch seed, batch number): replayed exactly.
         seeds = tf.data.Dataset.range(batches_per_epoch).map(lambda index: tf.stack([epoch_seed(seed, epoch), index]))
-        if files:
-            # The batch's positions are logged as decoded (FileSplit.undecodable_paths) and dropped.
-            batches = tf.data.Dataset.zip((batches, seeds)).map(lambda batch, batch_seed: (_log_decoded(split, batch[0], batch[1]), batch[2], batch_seed))
-        else:
-            batches = tf.data.Dataset.zip((batches, seeds)).map(lambda batch, batch_seed: (batch[0], batch[1], batch_seed))
+        batches = tf.data.Dataset.zip((batches, seeds)).map(lambda batch, batch_seed: (*batch, batch_seed))
         # Skipped before one-hot and augmentation, which skipped batches do not need.
         return batches.skip(tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64)))
 
-    dataset = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(one_epoch)
-    dataset = dataset.map(
-        lambda images, labels, batch_seed: (images, tf.one_hot(labels, num_classes, dtype=tf.float32), batch_seed),
-        num_parallel_calls=autotune,
-    )
+    def one_hot(*batch):
+        # As in make_dataset: a file split's positions are logged as decoded, then dropped.
+        if isinstance(split, FileSplit):
+            positions, images, labels, batch_seed = batch
+            images = _log_decoded(split, positions, images)
+        else:
+            images, labels, batch_seed = batch
+        return images, tf.one_hot(labels, num_classes, dtype=tf.float32), batch_seed
+
+    dataset = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(one_epoch).map(one_hot, num_parallel_calls=autotune)
     from kerascv_app.augment.pipeline import augment_seeded_batches
     from kerascv_app.augment.spec import split_by_placement
 

@@ -87,7 +87,7 @@ def training_epochs(prepared: PreparedData, config: Config, first_epoch: int, en
     from kerascv_app.data.pipeline import make_training_epochs
 
     return make_training_epochs(
-        prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, config.train.seed, first_epoch, end_epoch, skip_batches
+        prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, config.train.seed, first_epoch, end_epoch, skip_batches,
     )
 
 

@@ -325,29 +325,45 @@ def _callbacks(run: RunDirectory, config: Config, prepared: PreparedData, has_va
 
 
 def _progress(config: Config, prepared: PreparedData, total_epochs: int, stage_name: str, first_batch: int):
-    """The progress display; a resumed epoch's bar starts at the batch it resumes from.
-    Plain lines, one per epoch, when the output is not a terminal (a log file, | tee)."""
+    """The progress display; a resumed epoch's bar starts at the batch it resumes from."""
+    import keras
+
     from kerascv_app.train.progress import RichProgress, progress_callback
 
-    chosen = progress_callback(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
-    if not isinstance(chosen, RichProgress):
-        return chosen
+    display = progress_callback(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
 
-    class ResumedProgress(RichProgress):
+    class ResumedProgress(keras.callbacks.Callback):
+        """The display, told batch numbers counted from the epoch's start, not the fit's."""
+
+        offset = first_batch
+
+        def set_model(self, model):
+            super().set_model(model)
+            display.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            display.set_params(params)
+
+        def on_train_begin(self, logs=None):
+            display.on_train_begin(logs)
+
         def on_epoch_begin(self, epoch, logs=None):
-            super().on_epoch_begin(epoch, logs)
-            self.progress.update(self._batch_task, completed=self.offset)
+            display.on_epoch_begin(epoch, logs)
+            if isinstance(display, RichProgress):
+                display.progress.update(display._batch_task, completed=self.offset)
 
         def on_train_batch_end(self, batch, logs=None):
-            super().on_train_batch_end(batch + self.offset, logs)
+            display.on_train_batch_end(batch + self.offset, logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
+            display.on_epoch_end(epoch, logs)
             self.offset = 0
 
-    progress = ResumedProgress(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
-    progress.offset = first_batch
-    return progress
+        def on_train_end(self, logs=None):
+            display.on_train_end(logs)
+
+    return ResumedProgress()
 
 
 def _kill_switch() -> list:
