@@ -9,6 +9,7 @@ Every ``map`` runs with ``num_parallel_calls=AUTOTUNE``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from kerascv_app.config import AugmentConfig, DataConfig
@@ -71,6 +72,33 @@ def choose_cache(data: DataConfig, image_count: int, available: int | None = Non
     if not folder.is_dir():
         raise UserError(f"data.cache = {setting!r}: the folder {folder} does not exist; create it, or use data.cache = 'auto', 'memory' or 'none'")
     return CacheChoice(setting, str(Path(setting).expanduser()), f"data.cache = {setting!r}: {_gigabytes(size)} decoded, written once per split")
+
+
+#: Open files whose flock says "this process uses that cache prefix" until it exits.
+_held_cache_locks: dict[str, object] = {}
+
+
+def file_cache(dataset, prefix: str):
+    """``dataset.cache(prefix)``, safe after a kill. TensorFlow marks a cache being written
+    with ``PREFIX_*.lockfile`` and refuses that prefix for as long as the file is there, so a
+    process killed while filling the cache would block every later run (a resume too) with
+    "a concurrent caching iterator" error. kcv holds an flock on ``PREFIX.kcv-lock`` while it
+    uses the prefix, which the system releases when the process dies: a TensorFlow lockfile
+    found while that flock is free is a dead writer's, and it is removed with its partial data."""
+    import fcntl
+    import glob
+
+    if prefix not in _held_cache_locks:
+        handle = open(f"{prefix}.kcv-lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"data.cache: another running kcv process is filling the cache {prefix}: wait for it, or use another data.cache path")
+        _held_cache_locks[prefix] = handle
+        for stale in glob.glob(glob.escape(prefix) + "_*.lockfile") + glob.glob(glob.escape(prefix) + "_*.tempstate*"):
+            os.remove(stale)
+    return dataset.cache(prefix)
 
 
 def _gigabytes(size: int) -> str:
@@ -194,7 +222,7 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = dataset.cache(split_cache_prefix(cache, split, split_name or ("train" if training else "eval"), data))
+        dataset = file_cache(dataset, split_cache_prefix(cache, split, split_name or ("train" if training else "eval"), data))
     if training:
         dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)
@@ -276,7 +304,7 @@ def make_training_epochs(
         # A cache holds the order it was filled in, the first epoch's: epoch 0's, whichever
         # epoch fills it, so that a resumed process caches what the first process did.
         cached = decoded(0)
-        cached = cached.cache() if cache == "memory" else cached.cache(split_cache_prefix(cache, split, split_name, data))
+        cached = cached.cache() if cache == "memory" else file_cache(cached, split_cache_prefix(cache, split, split_name, data))
 
         def epoch_stream(epoch):
             return cached

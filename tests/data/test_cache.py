@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND
+from kcv_testing import BACKEND, REPO_ROOT, run_kcv
 
 from kerascv_app.config import Config, DataConfig
 from kerascv_app.data.pipeline import choose_cache
@@ -62,3 +62,22 @@ def test_a_cache_path_in_a_missing_folder_is_refused_before_the_run_exists(tmp_p
     with pytest.raises(UserError, match="does not exist"):
         fit(digits_config(str(tmp_path / "missing" / "x")), "", BACKEND, runs_dir=tmp_path / "runs", show_progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_file_cache_left_half_written_by_a_kill_does_not_block_the_resume(tmp_path):
+    import glob
+
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    cache.mkdir()
+    # A small shuffle buffer, so that the cache fills as training reads it, not all at once.
+    settings = ("--set", "train.epochs=2", "--set", "data.shuffle_buffer=32", "--set", f"data.cache={cache}/digits", "--quiet", "--runs-dir", runs)
+    # Killed after two batches of the first epoch: the training split's cache is half written,
+    # and TensorFlow's lockfile for it is left behind.
+    killed = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", *settings, env={"KCV_KILL_AT": "0:2"})
+    assert killed.returncode == -9, killed.stderr
+    assert glob.glob(f"{cache}/digits-train-*.lockfile")
+    (run_dir,) = list(runs.iterdir())
+    resumed = run_kcv("fit", "--resume", run_dir, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert not glob.glob(f"{cache}/*.lockfile")
