@@ -205,11 +205,14 @@ def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_run
 def test_gbm_stacking_keeps_the_scikit_learn_model_and_evaluate_says_why_not(tmp_path, member_runs):
     import joblib
 
-    out, result = make_ensemble(tmp_path, member_runs, "--stacking", "--meta", "gbm")
-    assert "no model.keras" in result.stdout
+    # Members whose errors differ by construction, so that gbm beats the weighted average out
+    # of fold and is kept (with the trained members it can lose, and then falls back).
+    members = synthetic_members(tmp_path, member_runs)
+    out, result = make_ensemble(tmp_path, members, "--stacking", "--meta", "gbm")
+    assert "no model.keras" in result.stdout, result.stdout
     assert not (out / "model.keras").exists() and not (out / "model.json").exists()
     meta_learner = joblib.load(out / "meta_learner.joblib")
-    np.testing.assert_allclose(saved(out)[0], meta_learner.predict_proba(member_features(member_runs, "test.npz")), atol=1e-6)
+    np.testing.assert_allclose(saved(out)[0], meta_learner.predict_proba(member_features(members, "test.npz")), atol=1e-6)
     assert_one_line_error(run_kcv("evaluate", out), "gbm", "no model.keras")
 
 
