@@ -43,19 +43,27 @@ def plot_curves(history: dict[str, list[float]], path: Path) -> None:
     fine-tuning stage starts at the dotted line."""
     plt = _pyplot()
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        history_panel(axes, history, key, key)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def history_panel(axes, history: dict[str, list[float]], key: str | None, title: str, legend_fontsize=None) -> None:
+    """One panel of training curves: training and validation ``key`` per epoch (``key`` None:
+    the caller drew the panel's own line), a transfer run's fine-tuning stage from the dotted
+    line, labels, grid and legend. Shared by curves.png and kcv report's page."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     stages = history.get("stage", [])
-    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+    if key is not None:
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + key)
             if values:
                 axes.plot(epochs[: len(values)], values, marker="o", label=label)
-        if len(set(stages)) > 1:
-            axes.axvline(stages.index(max(stages)) + 0.5, color="gray", linestyle=":", label="stage 2 (fine-tuning)")
-        axes.set_xlabel("epoch")
-        axes.set_title(key)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    if len(set(stages)) > 1:
+        axes.axvline(stages.index(max(stages)) + 0.5, color="gray", linestyle=":", label="stage 2 (fine-tuning)")
+    axes.set_xlabel("epoch")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=legend_fontsize)

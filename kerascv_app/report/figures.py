@@ -76,22 +76,13 @@ def curves_figure(history: dict, learning_rates: list[float]) -> str | None:
     plt = _pyplot()
     panels = [("loss", "loss"), ("accuracy", "accuracy")] + ([("learning rate", None)] if learning_rates else [])
     figure, axes_list = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    from kerascv_app.evaluate.plots import history_panel
+
     epochs = np.arange(1, len(history["loss"]) + 1)
-    stages = history.get("stage", [])
     for axes, (title, key) in zip(axes_list, panels):
         if key is None:
             axes.plot(epochs, learning_rates, marker="o", color="tab:green", label="at the epoch's first step")
-        else:
-            for prefix, label in (("", "train"), ("val_", "validation")):
-                values = history.get(prefix + key)
-                if values:
-                    axes.plot(epochs[: len(values)], values, marker="o", label=label)
-        if len(set(stages)) > 1:
-            axes.axvline(stages.index(max(stages)) + 0.5, color="gray", linestyle=":", label="stage 2 (fine-tuning)")
-        axes.set_xlabel("epoch")
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        history_panel(axes, history, key, title, legend_fontsize=8)
     figure.tight_layout()
     return figure_uri(figure)
 
