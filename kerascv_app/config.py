@@ -147,6 +147,8 @@ class ModelConfig(_Section):
     #   "run:PATH"           a finished run's model, cut at its feature layer
     #   "run:latest:RECIPE"  the newest finished run of RECIPE in --runs-dir (resolved at the start)
     #   "keras:NAME"         a keras.applications model without its top, e.g. keras:MobileNetV3Small
+    #   "hub:PRESET"         a KerasHub preset, e.g. hub:resnet_18_imagenet (downloaded when online),
+    #   "hub:PATH"           or a local preset folder (save_to_preset); needs pip install -e ".[hub]"
     # The backbone's own preprocessing replaces augment.normalization (applied exactly once),
     # and `dropout` is the new head's dropout.
     backbone: str = ""
@@ -165,8 +167,8 @@ class ModelConfig(_Section):
         _check(self.depth > 0, "model.depth", self.depth, "a positive integer")
         _check(self.hidden_units > 0, "model.hidden_units", self.hidden_units, "a positive integer")
         kind, _, argument = self.backbone.partition(":")
-        _check(not self.backbone or (kind in ("run", "keras") and argument), "model.backbone", self.backbone, "'' (none), run:PATH, run:latest:RECIPE or keras:NAME")
-        _check(not self.backbone_weights or kind == "keras", "model.backbone_weights", self.backbone_weights, "'' unless model.backbone is keras:NAME (a run backbone brings its own weights)")
+        _check(not self.backbone or (kind in ("run", "keras", "hub") and argument), "model.backbone", self.backbone, "'' (none), run:PATH, run:latest:RECIPE, keras:NAME, hub:PRESET or hub:PATH")
+        _check(not self.backbone_weights or kind == "keras", "model.backbone_weights", self.backbone_weights, "'' unless model.backbone is keras:NAME (run and hub backbones bring their own weights)")
         _check(not self.feature_layer or bool(self.backbone), "model.feature_layer", self.feature_layer, "'' unless model.backbone is set")
 
 
@@ -323,7 +325,7 @@ class Config:
         if (self.train.fine_tune_epochs or self.train.unfreeze_top) and not self.model.backbone:
             raise UserError(
                 f"train.fine_tune_epochs = {self.train.fine_tune_epochs} and train.unfreeze_top = {self.train.unfreeze_top} need model.backbone: "
-                "set model.backbone (run:PATH or keras:NAME) or set both to 0"
+                "set model.backbone (run:PATH, keras:NAME or hub:PRESET) or set both to 0"
             )
 
     def to_dict(self) -> dict:

@@ -19,6 +19,7 @@ logits: its preprocessing is inside it.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,20 @@ class ModelDirectory:
             raise UserError(f"{self.model_path} is not a valid .keras file (truncated or corrupt): retrain or restore the file")
         backend_module.set_precision(self.precision)
         register_custom_objects()
+        _register_keras_hub_if_named(self.model_path)
         try:
-            return keras.saving.load_model(self.model_path, safe_mode=True)
+            with warnings.catch_warnings():
+                # A frozen KerasHub backbone nested whole (ViT) reloads with its inner layers
+                # trainable, so Keras finds more trainable variables than the saved optimizer
+                # has and skips its state. Nothing that loads a model.keras trains it further
+                # (a resume reads its checkpoint), so the warning is noise; the freeze is
+                # restored below.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model = keras.saving.load_model(self.model_path, safe_mode=True)
         except Exception as error:  # A damaged archive fails in many ways; report it in one line.
             raise UserError(f"{self.model_path} cannot be loaded ({type(error).__name__}: {error}): retrain or restore the file")
+        _refreeze(model)
+        return model
 
 
 def register_custom_objects() -> None:
@@ -79,6 +90,23 @@ def register_custom_objects() -> None:
     import kerascv_app.models.identity_init  # noqa: F401
     import kerascv_app.models.whitening  # noqa: F401
     import kerascv_app.train.optim  # noqa: F401
+
+
+def _refreeze(layer) -> None:
+    """Sets ``trainable = False`` again on every frozen layer, which also freezes its sublayers
+    (a layer rebuilt from its config is frozen itself but not the layers it creates)."""
+    for sublayer in getattr(layer, "layers", ()):
+        if not sublayer.trainable:
+            sublayer.trainable = False
+        _refreeze(sublayer)
+
+
+def _register_keras_hub_if_named(model_path: Path) -> None:
+    """A model built on a KerasHub backbone may hold KerasHub layers, registered by importing it."""
+    from kerascv_app.models.hub import import_keras_hub, model_file_needs_keras_hub
+
+    if model_file_needs_keras_hub(model_path):
+        import_keras_hub(f"{model_path} (a model with a KerasHub backbone)")
 
 
 def open_model_directory(path: str | Path) -> ModelDirectory:

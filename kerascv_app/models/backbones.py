@@ -3,12 +3,14 @@
     run:PATH            a finished run's model.keras, cut at its feature layer
     run:latest:RECIPE   the newest finished run of RECIPE (resolved once, when a run starts)
     keras:NAME          a keras.applications model without its top
+    hub:PRESET|PATH     a KerasHub preset (name, handle or local folder; kerascv_app/models/hub.py)
 
 :func:`load_backbone` returns a Keras model named ``backbone`` that takes images with values
 in [0, 255] at its own size and channels and returns features. Its preprocessing is inside
 it, as its first layers, so that the target model applies it exactly once: a run's own
 ``normalize`` layer (its augmentation layers are left out: they belong to the source's
-training), or the preprocessing its keras.applications model expects.
+training), the preprocessing its keras.applications model expects, or a KerasHub preset's
+image converter.
 """
 
 from __future__ import annotations
@@ -51,15 +53,24 @@ def load_backbone(config: Config) -> Backbone:
     kind, _, argument = config.model.backbone.partition(":")
     if kind == "run":
         return _run_backbone(config, Path(argument))
+    if kind == "hub":
+        from kerascv_app.models.hub import hub_backbone
+
+        return hub_backbone(config, argument)
     return _keras_application_backbone(config, argument)
 
 
 def resolve_backbone(config: Config, runs_dir: str | Path) -> Config:
     """Makes a run backbone an absolute path, so that the run records (and resumes from) one model.
 
-    ``run:latest:RECIPE`` becomes the newest finished run of RECIPE in ``runs_dir``.
+    ``run:latest:RECIPE`` becomes the newest finished run of RECIPE in ``runs_dir``; a local
+    KerasHub preset folder becomes absolute.
     """
     kind, _, argument = config.model.backbone.partition(":")
+    if kind == "hub":
+        from kerascv_app.models.hub import resolve_hub_preset
+
+        return dataclasses.replace(config, model=dataclasses.replace(config.model, backbone=f"hub:{resolve_hub_preset(argument)}"))
     if kind != "run":
         return config
     if argument.startswith(LATEST_PREFIX):
@@ -246,9 +257,12 @@ def describe_preprocessing(backbone) -> str:
     """In words, the preprocessing a backbone model applies to its [0, 255] input."""
     import keras
 
+    from kerascv_app.models.hub import PREPROCESS_LAYER, describe_hub_preprocessing
     from kerascv_app.models.layers import ImagenetPreprocessing
 
     for layer in backbone.layers:
+        if layer.name == PREPROCESS_LAYER:
+            return describe_hub_preprocessing(layer)
         if layer.name == "normalize":
             if isinstance(layer, keras.layers.Rescaling):
                 return f"the backbone run's own normalize layer (pixels * {layer.scale:.6g} + {layer.offset:.6g})"

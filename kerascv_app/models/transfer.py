@@ -37,6 +37,9 @@ def transfer_head(images, num_classes: int, config: Config):
     features = backbone.model(adapt_to_backbone(images, backbone, config.data))
     if len(features.shape) == 4:
         features = layers.GlobalAveragePooling2D(name="head_pool")(features)
+    elif len(features.shape) == 3:
+        # A vision transformer's tokens (ViT, DeiT, DINOv2): their average, class token included.
+        features = layers.GlobalAveragePooling1D(name="head_pool")(features)
     elif len(features.shape) != 2:
         raise UserError(f"model.feature_layer gives features of shape {tuple(features.shape)}: name a layer whose output is a vector or a feature map")
     if config.model.dropout:
@@ -113,7 +116,7 @@ def transfer_environment(model, config: Config) -> dict:
     return {
         "transfer": {
             "backbone": config.model.backbone,
-            "backbone_weights": config.model.backbone_weights or ("the run's" if config.model.backbone.startswith("run:") else "random"),
+            "backbone_weights": config.model.backbone_weights or _bundled_weights(config.model.backbone),
             "backbone_input": {"image_size": [height, width], "channels": channels},
             "feature_layer": backbone.layers[-1].name,
             "feature_shape": list(backbone.outputs[0].shape[1:]),
@@ -122,6 +125,14 @@ def transfer_environment(model, config: Config) -> dict:
             "stages": stages,
         }
     }
+
+
+def _bundled_weights(backbone: str) -> str:
+    if backbone.startswith("run:"):
+        return "the run's"
+    if backbone.startswith("hub:"):
+        return "the preset's"
+    return "random"
 
 
 def _size_text(size) -> str:

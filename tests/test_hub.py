@@ -1,0 +1,176 @@
+"""KerasHub backbones (model.backbone = "hub:PATH") on the backend under test.
+
+The presets are KerasHub's own classes at toy sizes with random weights, written by
+``save_to_preset`` into a temporary folder (tests/hub_presets.py): the same files a downloaded
+preset has, so ``hub:FOLDER`` is the offline user's path. A random backbone cannot show that
+its weights were transferred by accuracy alone, so one test compares the backbone inside the
+trained model with KerasHub's own backbone and image converter on the same images; another
+fine-tunes the whole backbone and asserts that the model learned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hub_presets import imagenet_scale_and_offset, write_resnet_preset, write_vit_preset
+from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
+
+DIGITS_RECIPE = REPO_ROOT / "recipes" / "digits.py"
+PRESET_SIZE = 16
+
+
+def sets(*settings: str) -> list[str]:
+    return [argument for setting in settings for argument in ("--set", setting)]
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("presets")
+    return {
+        "resnet": write_resnet_preset(folder / "tiny_resnet", image_size=PRESET_SIZE),
+        "vit": write_vit_preset(folder / "tiny_vit", image_size=PRESET_SIZE),
+        "grayscale": write_resnet_preset(folder / "grayscale_resnet", image_size=PRESET_SIZE, channels=1),
+    }
+
+
+def fit(runs, *arguments, recipe=DIGITS_RECIPE):
+    result = run_kcv("fit", recipe, "--quiet", "--runs-dir", runs, *arguments)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
+    return run_dir
+
+
+def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path, digit_images):
+    # Digits are 8x8 grayscale: the model repeats the channel and resizes to the preset's 16x16.
+    run_dir = fit(
+        tmp_path / "runs", *sets(f"model.backbone=hub:{presets['resnet']}", "train.epochs=1", "train.fine_tune_epochs=6", "train.fine_tune_learning_rate=0.003"),
+    )
+    accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy > 0.9, f"fine-tuning the KerasHub backbone did not learn: test accuracy {accuracy}"
+    transfer = json.loads((run_dir / "environment.json").read_text())["transfer"]
+    assert transfer["backbone"] == f"hub:{presets['resnet']}"
+    assert transfer["backbone_input"] == {"image_size": [PRESET_SIZE, PRESET_SIZE], "channels": 3}
+    assert any("grayscale to RGB" in step for step in transfer["input_adaptation"])
+    scale, offset = imagenet_scale_and_offset(3)
+    assert f"{scale[0]:.6g}" in transfer["preprocessing"] and f"{offset[2]:.6g}" in transfer["preprocessing"]
+
+    export = run_kcv("export", run_dir, "--base", tmp_path / "saved_models")
+    assert export.returncode == 0, export.stderr
+    (version,) = (tmp_path / "saved_models" / "digits").iterdir()
+    from_run, from_export = (run_kcv("predict", path, *digit_images, "--top-k", "10", "--json") for path in (run_dir, version))
+    for result in (from_run, from_export):
+        assert result.returncode == 0, result.stderr
+    run_probabilities = {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(from_run.stdout)}
+    export_probabilities = {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(from_export.stdout)}
+    assert list(run_probabilities) == [str(path) for path in digit_images]
+    for image, probabilities in run_probabilities.items():
+        for name, probability in probabilities.items():
+            assert export_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_the_backbone_in_the_model_is_the_presets_backbone_after_its_image_converter(presets, tmp_path, kind):
+    """Stage 1 leaves the backbone frozen: inside the run's model it must compute exactly what
+    KerasHub's backbone computes on the output of the preset's image converter. A converter
+    applied twice or not at all, or weights not loaded, would differ by far more than 1e-4.
+    (resnet: its layers spliced into the model; vit: KerasHub's backbone kept whole, nested.)"""
+    import keras
+    import keras_hub
+
+    from kerascv_app.model_dir import open_model_directory
+
+    run_dir = fit(tmp_path / "runs", "--smoke", *sets(f"model.backbone=hub:{presets[kind]}", "data.channels=3", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"))
+    backbone = open_model_directory(run_dir).load_model().get_layer("backbone")
+    images = np.random.default_rng(0).uniform(0, 255, size=(4, PRESET_SIZE, PRESET_SIZE, 3)).astype("float32")
+    images[0] = 0.0
+    images[1] = 255.0
+    reference_backbone = keras_hub.models.Backbone.from_preset(str(presets[kind]))
+    converter = keras_hub.layers.ImageConverter.from_preset(str(presets[kind]))
+    expected = keras.ops.convert_to_numpy(reference_backbone(converter(images), training=False))
+    actual = keras.ops.convert_to_numpy(backbone(images, training=False))
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_hub_transfer_recipe_fine_tunes_on_a_class_per_folder_dataset(presets, tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    photos = tmp_path / "photos"
+    digits = load_digits()
+    for index in range(150):
+        label = int(digits.target[index])
+        if label < 3:
+            folder = photos / f"digit_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).resize((20, 20)).convert("RGB").save(folder / f"{index}.png")
+    run_dir = fit(
+        tmp_path / "runs", "--data", photos, "--smoke", *sets(f"model.backbone=hub:{presets['resnet']}", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"),
+        recipe=REPO_ROOT / "recipes" / "hub_transfer.py",
+    )
+    environment = json.loads((run_dir / "environment.json").read_text())
+    stages = [stage["stage"] for stage in environment["transfer"]["stages"]]
+    assert stages == [1, 2]
+    assert "the top 2 of" in environment["transfer"]["stages"][1]["trains"]
+    splits = json.loads((run_dir / "splits.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(json.loads((run_dir / "model.json").read_text())["class_names"]) == ["digit_0", "digit_1", "digit_2"]
+    assert metrics["test"]["count"] == splits["test"] > 0
+
+
+def _not_a_preset(tmp_path, presets):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    (folder / "weights.h5").write_bytes(b"not a preset")
+    return folder
+
+
+def _backbone_only_preset(tmp_path, presets):
+    import keras_hub
+
+    folder = tmp_path / "backbone_only"
+    keras_hub.models.Backbone.from_preset(str(presets["resnet"])).save_to_preset(str(folder))
+    return folder
+
+
+BAD_PRESETS = {
+    "unknown-name": (lambda tmp_path, presets: "resnet_does_not_exist", [], "is neither a KerasHub preset nor a folder"),
+    "missing-folder": (lambda tmp_path, presets: tmp_path / "no_such_preset", [], "does not exist"),
+    "not-a-preset": (_not_a_preset, [], "is not a KerasHub preset (it has no config.json)"),
+    "no-image-converter": (_backbone_only_preset, [], "has no image converter"),
+    "grayscale-preset-rgb-data": (lambda tmp_path, presets: presets["grayscale"], ["data.channels=3"], "takes grayscale images (1 channel) but data.channels = 3"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PRESETS))
+def test_a_bad_preset_is_one_line_and_no_run_is_left(presets, tmp_path, case):
+    make_preset, settings, fragment = BAD_PRESETS[case]
+    preset = make_preset(tmp_path, presets)
+    runs = tmp_path / "runs"
+    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets(f"model.backbone=hub:{preset}", *settings))
+    assert_one_line_error(result, "model.backbone", fragment)
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_way(tmp_path):
+    """Offline: KerasHub's download of a built-in preset fails. The Kaggle endpoint is pointed
+    at a closed local port and the cache at an empty folder, so that this holds online too."""
+    cache = tmp_path / "kagglehub_cache"
+    environment = {"KAGGLE_API_ENDPOINT": "http://127.0.0.1:9", "KAGGLEHUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    runs = tmp_path / "runs"
+    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
+    assert_one_line_error(result, "cannot download preset 'resnet_18_imagenet'", str(cache), "model.backbone=hub:/path/to/FOLDER")
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_without_keras_hub_a_hub_backbone_names_the_install_command(tmp_path):
+    hidden = tmp_path / "hidden"
+    (hidden / "keras_hub").mkdir(parents=True)
+    (hidden / "keras_hub" / "__init__.py").write_text("raise ImportError('keras_hub is hidden by this test')\n")
+    environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
+    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", tmp_path / "runs", *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
+    assert_one_line_error(result, "needs KerasHub", 'pip install -e ".[hub]"')
