@@ -14,9 +14,9 @@ Offline:   copy a preset folder (from the cache, or one that save_to_preset wrot
            kcv fit recipes/hub_transfer.py --data ~/photos --set model.backbone=hub:/path/to/resnet_18_imagenet
 Layout:    ~/photos/<class name>/<image>.jpg (or train/<class>/ and test/<class>/); 10% of the
            images are held out for validation and 10% for the test.
-Hardware:  a ResNet-18 at 224x224 wants a GPU (--precision mixed_float16); its speed and accuracy
-           were not measured here (this machine cannot download the preset). Accuracy depends on
-           your photos; tests/test_hub.py runs this recipe on a folder of digits with a tiny preset.
+Expected:  depends on your photos; not measured here, because this machine cannot download the
+           preset (tests/test_hub.py runs this recipe on a folder of digits with a tiny preset).
+Hardware:  a ResNet-18 at 224x224 wants a GPU (--precision mixed_float16); not timed here.
 """
 
 from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, op
