@@ -151,9 +151,39 @@ def storage_lines() -> list[str]:
     ]
 
 
+#: Optional features: the packages each needs, and the extra that installs them.
+OPTIONAL_FEATURES = (
+    ("hub: backbones (KerasHub presets)", ("keras_hub",), "hub"),
+    ("kcv export --format onnx", ("tf2onnx", "onnx", "onnxruntime"), "onnx"),
+)
+
+
+def feature_lines() -> list[str]:
+    """Which optional features are installed, with versions, or the command that installs them."""
+    lines = []
+    for feature, packages, extra in OPTIONAL_FEATURES:
+        missing = [package for package in packages if not is_installed(package)]
+        if missing:
+            lines.append(f"{feature}: not installed ({', '.join(missing)}); install it with pip install -e \".[{extra}]\"")
+        else:
+            lines.append(f"{feature}: " + ", ".join(f"{_distribution(package)} {_distribution_version(package)}" for package in packages))
+    return lines
+
+
+def _distribution(package: str) -> str:
+    return {"keras_hub": "keras-hub"}.get(package, package)
+
+
+def _distribution_version(package: str) -> str:
+    try:
+        return metadata.version(_distribution(package))
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def report_lines() -> list[str]:
     chosen = os.environ.get("KERAS_BACKEND") or "tensorflow"
     lines = [f"backend kcv uses now: {chosen} (--backend or KERAS_BACKEND to change)"]
     for report in backend_reports():
         lines += report.lines()
-    return lines + ["data:"] + [f"  {line}" for line in storage_lines()]
+    return lines + ["optional:"] + [f"  {line}" for line in feature_lines()] + ["data:"] + [f"  {line}" for line in storage_lines()]

@@ -121,6 +121,9 @@ def test_doctor_reports_backends_devices_precision_and_data_locations(tmp_path):
     assert sum(line.startswith("  mixed precision: ") for line in lines) == len(installed)
     assert f"  extracted archives and decoded arrays: {os.environ['KCV_CACHE_DIR']} (KCV_CACHE_DIR)" in lines
     assert any(line.startswith("  memory available: ") for line in lines)
+    # The optional features tox installs in every environment, with their versions.
+    assert f"  hub: backbones (KerasHub presets): keras-hub {metadata.version('keras-hub')}" in lines
+    assert any(line.startswith("  kcv export --format onnx: tf2onnx ") and f"onnxruntime {metadata.version('onnxruntime')}" in line for line in lines), lines
 
     # A backend that is missing is named with the command that installs it.
     missing = "torch" if BACKEND == "jax" else "jax"
