@@ -339,17 +339,22 @@ def export(
     name: Optional[str] = typer.Option(None, "--name", help="The model's name under --base (default: the recipe's name, i.e. the folder's name without its timestamp)."),
     version: Optional[int] = typer.Option(None, "--version", help="The version number (default: one more than the highest under --base/NAME)."),
     base: Path = typer.Option(Path("saved_models"), "--base", help="TF Serving's model base path."),
+    export_format: str = typer.Option("savedmodel", "--format", help="savedmodel: BASE/NAME/N for TF Serving; onnx: BASE/onnx/NAME/N/model.onnx for onnxruntime."),
 ):
-    """Export a SavedModel for TF Serving: built aside, verified without Keras, then renamed into place."""
+    """Export a SavedModel for TF Serving (or model.onnx): built aside, verified without Keras, then renamed into place."""
     from kerascv_app.backend import select_backend
-    from kerascv_app.export.atomic import export_model, use_cpu_only
+    from kerascv_app.ensemble.directory import is_ensemble_directory, refuse_ensemble_without_model
+    from kerascv_app.export.atomic import export_model, format_steps, use_cpu_only
     from kerascv_app.model_dir import open_model_directory
 
+    format_steps(export_format)
+    if is_ensemble_directory(model_dir):
+        refuse_ensemble_without_model(model_dir)
     model_directory = open_model_directory(model_dir)
     use_cpu_only()
     # The reference probabilities come from the backend the model was trained with.
     select_backend(model_directory.backend)
-    result = export_model(model_directory, base, name, version)
+    result = export_model(model_directory, base, name, version, export_format)
     console.print(f"exported [bold]{result.path}[/bold]: probabilities within {result.max_difference:.1e} of the Keras model's", highlight=False, soft_wrap=True)
 
 
