@@ -360,17 +360,21 @@ def export(
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="A run directory, an ensemble directory or an exported version folder (saved_models/NAME/N)."),
+    model: Path = typer.Argument(..., help="A run directory, an ensemble directory, an exported version folder (saved_models/NAME/N) or a model.onnx (or its folder, saved_models/onnx/NAME/N)."),
     images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP or GIF) of any size."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     backend: Optional[Backend] = BACKEND_OPTION,
 ):
     """Predict the classes of image files; unreadable files are listed and give exit code 2."""
-    from kerascv_app.backend import select_backend
+    from kerascv_app.export.predict import is_onnx_model, prediction_table, predict_images
 
-    select_backend(backend.value if backend else None)
-    from kerascv_app.export.predict import prediction_table, predict_images
+    # An ONNX model runs with onnxruntime alone: no backend is chosen, TensorFlow and Keras
+    # are never imported (they need not even be installed).
+    if not is_onnx_model(model):
+        from kerascv_app.backend import select_backend
+
+        select_backend(backend.value if backend else None)
 
     report = predict_images(model, images, top_k)
     if as_json:
