@@ -171,11 +171,12 @@ def write_gbm_ensemble(folder: Path) -> Path:
         (["export", "{run}", "--format", "tflite"], ["--format 'tflite'", "savedmodel, onnx"], False),
         (["export", "{gbm}", "--format", "onnx"], ["--meta gbm", "no model.keras", "--meta logistic or ridge"], False),
         (["export", "{gbm}"], ["--meta gbm", "no model.keras"], False),
+        (["export", "{run}", "--name", "onnx"], ["--name 'onnx'", "keeps the ONNX exports"], False),
         (["export", "{run}", "--format", "onnx"], ["tf2onnx is not installed", 'pip install -e ".[onnx]"'], True),
         (["predict", "{garbage}", "{image}"], ["cannot be loaded as an ONNX model", "kcv export --format onnx"], False),
         (["predict", "{missing}", "{image}"], ["does not exist", "--format onnx"], False),
     ],
-    ids=["unknown-format", "gbm-ensemble-onnx", "gbm-ensemble-savedmodel", "onnx-extra-missing", "garbage-onnx", "missing-onnx"],
+    ids=["unknown-format", "gbm-ensemble-onnx", "gbm-ensemble-savedmodel", "savedmodel-named-onnx", "onnx-extra-missing", "garbage-onnx", "missing-onnx"],
 )
 def test_bad_onnx_input_is_one_line_and_writes_nothing(digits_run, digit_images, tmp_path, arguments, fragments, hide_tf2onnx):
     garbage = tmp_path / "garbage.onnx"
