@@ -61,7 +61,8 @@ def select_backend(requested: str | None = None) -> str:
 def is_installed(package: str) -> bool:
     """Whether ``package`` can be imported, without importing it (a backend takes seconds)."""
     if package in sys.modules:
-        return True
+        # None is how an import is blocked (sys.modules["tf2onnx"] = None): not importable.
+        return sys.modules[package] is not None
     try:
         return importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):

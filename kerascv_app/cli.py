@@ -339,33 +339,42 @@ def export(
     name: Optional[str] = typer.Option(None, "--name", help="The model's name under --base (default: the recipe's name, i.e. the folder's name without its timestamp)."),
     version: Optional[int] = typer.Option(None, "--version", help="The version number (default: one more than the highest under --base/NAME)."),
     base: Path = typer.Option(Path("saved_models"), "--base", help="TF Serving's model base path."),
+    export_format: str = typer.Option("savedmodel", "--format", help="savedmodel: BASE/NAME/N for TF Serving; onnx: BASE/onnx/NAME/N/model.onnx for onnxruntime."),
 ):
-    """Export a SavedModel for TF Serving: built aside, verified without Keras, then renamed into place."""
+    """Export a SavedModel for TF Serving (or model.onnx): built aside, verified without Keras, then renamed into place."""
     from kerascv_app.backend import select_backend
-    from kerascv_app.export.atomic import export_model, use_cpu_only
+    from kerascv_app.ensemble.directory import is_ensemble_directory, refuse_ensemble_without_model
+    from kerascv_app.export.atomic import export_model, format_steps, use_cpu_only
     from kerascv_app.model_dir import open_model_directory
 
+    format_steps(export_format)
+    if is_ensemble_directory(model_dir):
+        refuse_ensemble_without_model(model_dir)
     model_directory = open_model_directory(model_dir)
     use_cpu_only()
     # The reference probabilities come from the backend the model was trained with.
     select_backend(model_directory.backend)
-    result = export_model(model_directory, base, name, version)
+    result = export_model(model_directory, base, name, version, export_format)
     console.print(f"exported [bold]{result.path}[/bold]: probabilities within {result.max_difference:.1e} of the Keras model's", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="A run directory, an ensemble directory or an exported version folder (saved_models/NAME/N)."),
+    model: Path = typer.Argument(..., help="A run directory, an ensemble directory, an exported version folder (saved_models/NAME/N) or a model.onnx (or its folder, saved_models/onnx/NAME/N)."),
     images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP or GIF) of any size."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     backend: Optional[Backend] = BACKEND_OPTION,
 ):
     """Predict the classes of image files; unreadable files are listed and give exit code 2."""
-    from kerascv_app.backend import select_backend
+    from kerascv_app.export.predict import is_onnx_model, prediction_table, predict_images
 
-    select_backend(backend.value if backend else None)
-    from kerascv_app.export.predict import prediction_table, predict_images
+    # An ONNX model runs with onnxruntime alone: no backend is chosen, TensorFlow and Keras
+    # are never imported (they need not even be installed).
+    if not is_onnx_model(model):
+        from kerascv_app.backend import select_backend
+
+        select_backend(backend.value if backend else None)
 
     report = predict_images(model, images, top_k)
     if as_json:

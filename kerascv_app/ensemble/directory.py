@@ -70,17 +70,22 @@ def is_ensemble_directory(path: Path) -> bool:
     return (path / ENSEMBLE_FILE).is_file() and not (path / STATUS_FILE).is_file()
 
 
+def refuse_ensemble_without_model(path: Path) -> None:
+    """A --meta gbm ensemble has no model.keras: say why, rather than that it is no model folder."""
+    if not (path / MODEL_INFO_FILE).is_file():
+        raise UserError(
+            f"{path} is an ensemble stacked with --meta gbm, which has no model.keras (gradient-boosted trees are not "
+            "Keras layers): its metrics are in metrics.json; use --meta logistic or ridge for a model to evaluate or export"
+        )
+
+
 def open_ensemble_for_evaluation(path: Path) -> RunDirectory:
     """An ensemble directory read through the RunDirectory interface kcv evaluate uses.
 
     It holds the same config.json, environment.json, splits.json and model.keras that
     evaluation reads from a run, so only opening differs: there is no run.json status.
     """
-    if not (path / MODEL_INFO_FILE).is_file():
-        raise UserError(
-            f"{path} is an ensemble stacked with --meta gbm, which has no model.keras (gradient-boosted trees are not "
-            "Keras layers): its metrics are in metrics.json; use --meta logistic or ridge for a model to evaluate or export"
-        )
+    refuse_ensemble_without_model(path)
     if open_model_directory(path).kind != "ensemble":
         raise UserError(f"{path / MODEL_INFO_FILE} does not describe an ensemble: this folder is damaged; build it again with kcv ensemble")
     return RunDirectory(path)

@@ -1,5 +1,9 @@
 """``kcv export``: a version folder appears complete and verified, or not at all.
 
+The same for both formats: a SavedModel in ``<base>/<name>/<version>/``, an ONNX model in
+``<base>/onnx/<name>/<version>/`` (built, reloaded by onnxruntime with TensorFlow and Keras
+blocked, compared, then renamed, exactly as below).
+
 TF Serving loads ``<base>/<name>/<integer>/`` as soon as the folder appears and skips
 names that are not integers. So the version is built in ``.staging-<version>-<pid>``,
 reloaded in a fresh TensorFlow process without Keras, compared with the Keras model on a
@@ -22,13 +26,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 import kerascv_app
 from kerascv_app.errors import UserError
 from kerascv_app.export import (
-    BYTES_INPUT, FAULT_VARIABLE, IMAGES_INPUT, OUTPUT_NAMES, PARITY_TOLERANCE, REPORT_FILE, SERVING_BYTES, SERVING_DEFAULT,
+    BYTES_INPUT, FAULT_VARIABLE, FORMATS, IMAGES_INPUT, ONNX_FILE, ONNX_FOLDER, ONNX_INSTALL, ONNX_OUTPUT_NAMES, ONNX_VERIFIED_BATCH_SIZES,
+    OUTPUT_NAMES, PARITY_TOLERANCE, REPORT_FILE, SERVING_BYTES, SERVING_DEFAULT,
 )
 from kerascv_app.export.savedmodel import load_float32_model
 from kerascv_app.model_dir import ModelDirectory
@@ -64,11 +70,14 @@ def use_cpu_only() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-def export_model(model_directory: ModelDirectory, base: str | Path, name: str | None = None, version: int | None = None) -> ExportResult:
-    """Exports ``model_directory`` to ``<base>/<name>/<version>/``; the backend must be selected."""
+def export_model(
+    model_directory: ModelDirectory, base: str | Path, name: str | None = None, version: int | None = None, export_format: str = "savedmodel",
+) -> ExportResult:
+    """Exports ``model_directory`` to ``<base>/<name>/<version>/`` (ONNX: ``<base>/onnx/<name>/<version>/``); the backend must be selected."""
+    steps = format_steps(export_format)
     name = name if name is not None else default_model_name(model_directory)
-    check_model_name(name)
-    model_root = Path(base) / name
+    check_model_name(name, export_format)
+    model_root = model_folder(base, name, export_format)
     version = choose_version(model_root, version)
     # Everything that can refuse the input runs before anything is written.
     model = load_float32_model(model_directory)
@@ -78,12 +87,12 @@ def export_model(model_directory: ModelDirectory, base: str | Path, name: str | 
     try:
         with tempfile.TemporaryDirectory(prefix="kcv-export-") as work_folder:
             sample_path = write_sample(model, model_directory, Path(work_folder))
-            _run_step("writing the SavedModel", "kerascv_app.export.savedmodel", [model_directory.path, staging])
+            _run_step(f"writing the {steps.label}", steps.writer_module, [model_directory.path, staging])
             verification_path = Path(work_folder) / "verification.json"
-            _run_step("reloading the SavedModel", "kerascv_app.export.verify", [staging, sample_path, verification_path])
+            _run_step(f"reloading the {steps.label}", steps.verifier_module, [staging, sample_path, verification_path])
             verification = json.loads(verification_path.read_text())
-        check_verification(verification, model_root)
-        report = export_report(model_directory, name, version, verification)
+        steps.check(verification, model_directory, model_root)
+        report = steps.report(model_directory, name, version, verification)
         write_json_atomically(staging / REPORT_FILE, report)
         if os.environ.get(FAULT_VARIABLE) == "kill_before_rename":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -94,6 +103,40 @@ def export_model(model_directory: ModelDirectory, base: str | Path, name: str | 
     return ExportResult(version_folder, report)
 
 
+@dataclass(frozen=True)
+class FormatSteps:
+    """What differs between the formats: the two child processes, the verdict and the report."""
+
+    label: str
+    writer_module: str
+    verifier_module: str
+    check: Callable[[dict, ModelDirectory, Path], None]
+    report: Callable[[ModelDirectory, str, int, dict], dict]
+
+
+def format_steps(export_format: str) -> FormatSteps:
+    """The steps of ``--format``, refused (with what is missing to install) before anything is written."""
+    if export_format == "savedmodel":
+        return FormatSteps("SavedModel", "kerascv_app.export.savedmodel", "kerascv_app.export.verify", check_verification, export_report)
+    if export_format == "onnx":
+        check_onnx_installed()
+        return FormatSteps("ONNX model", "kerascv_app.export.onnx_write", "kerascv_app.export.onnx_verify", check_onnx_verification, onnx_export_report)
+    raise UserError(f"--format {export_format!r} is not an export format: use one of {', '.join(FORMATS)}")
+
+
+def check_onnx_installed() -> None:
+    from kerascv_app.backend import is_installed
+
+    missing = [package for package in ("onnx", "onnxruntime", "tf2onnx") if not is_installed(package)]
+    if missing:
+        raise UserError(f"kcv export --format onnx needs onnx, onnxruntime and tf2onnx, and {', '.join(missing)} is not installed: {ONNX_INSTALL}")
+
+
+def model_folder(base: str | Path, name: str, export_format: str) -> Path:
+    """Where the versions of ``name`` go: TF Serving's ``<base>/<name>``, or ``<base>/onnx/<name>``."""
+    return Path(base) / ONNX_FOLDER / name if export_format == "onnx" else Path(base) / name
+
+
 # Name and version
 
 
@@ -102,9 +145,11 @@ def default_model_name(model_directory: ModelDirectory) -> str:
     return RUN_TIMESTAMP_SUFFIX.sub("", model_directory.path.resolve().name)
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, export_format: str = "savedmodel") -> None:
     if not MODEL_NAME.match(name):
         raise UserError(f"--name {name!r} is not a model name TF Serving can use: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    if export_format == "savedmodel" and name == ONNX_FOLDER:
+        raise UserError(f"--name {ONNX_FOLDER!r} is where --base keeps the ONNX exports (<base>/{ONNX_FOLDER}/NAME/N): give the SavedModel another --name")
 
 
 def published_versions(model_root: Path) -> set[int]:
@@ -152,7 +197,7 @@ def write_sample(model, model_directory: ModelDirectory, folder: Path) -> Path:
     return path
 
 
-def check_verification(verification: dict, model_root: Path) -> None:
+def check_verification(verification: dict, model_directory: ModelDirectory, model_root: Path) -> None:
     refused = f"nothing was published in {model_root}"
     if verification["missing_signatures"]:
         raise UserError(f"the SavedModel lacks the signatures {', '.join(verification['missing_signatures'])}: {refused}")
@@ -195,6 +240,66 @@ def export_report(model_directory: ModelDirectory, name: str, version: int, veri
             "reloaded_without_keras": not verification["keras_imported"],
         },
         "versions": {"kerascv_app": kerascv_app.__version__, "keras": keras.__version__, "tensorflow": verification["tensorflow_version"]},
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def check_onnx_verification(verification: dict, model_directory: ModelDirectory, model_root: Path) -> None:
+    refused = f"nothing was published in {model_root}"
+    height, width = model_directory.image_size
+    if verification["tensorflow_or_keras_imported"]:
+        raise UserError(f"model.onnx was reloaded with tensorflow or keras present, so it was not checked as onnxruntime alone loads it: {refused}")
+    if verification["class_names"] != list(model_directory.class_names) or verification["image_size"] != [height, width] or verification["channels"] != model_directory.channels:
+        raise UserError(f"model.onnx's metadata (class names, image size, channels) disagrees with {model_directory.path / 'model.json'}: {refused}")
+    batch, *image_shape = verification["input_shape"]
+    if isinstance(batch, int) or image_shape != [height, width, model_directory.channels]:
+        raise UserError(f"model.onnx takes images of shape {verification['input_shape']}, not [batch, {height}, {width}, {model_directory.channels}] with any batch: {refused}")
+    if not all(verification["consistent_outputs"].values()):
+        raise UserError(f"model.onnx's class_id disagrees with its probabilities: {refused}")
+    worst = max(verification["max_difference"].values())
+    # Written so that NaN fails too.
+    if not worst <= PARITY_TOLERANCE:
+        raise UserError(f"model.onnx's probabilities differ from the Keras model's by {worst:.3g} on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}")
+
+
+def onnx_export_report(model_directory: ModelDirectory, name: str, version: int, verification: dict) -> dict:
+    from importlib.metadata import version as installed_version
+
+    import keras
+
+    height, width = model_directory.image_size
+    channels = model_directory.channels
+    classes = len(model_directory.class_names)
+    return {
+        "name": name,
+        "version": version,
+        "format": "onnx",
+        "file": ONNX_FILE,
+        "source": str(model_directory.path.resolve()),
+        "source_kind": model_directory.kind,
+        "trained_backend": model_directory.backend,
+        "trained_precision": model_directory.precision,
+        "serving_precision": "float32",
+        "class_names": list(model_directory.class_names),
+        "image_size": [height, width],
+        "channels": channels,
+        "inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}},
+        "outputs": {ONNX_OUTPUT_NAMES[0]: {"dtype": "float32", "shape": [None, classes]}, ONNX_OUTPUT_NAMES[1]: {"dtype": "int64", "shape": [None]}},
+        "metadata_props": verification["metadata"],
+        "opset": verification["opset"],
+        "parity": {
+            "reference": f"the Keras model in float32 on the {keras.backend.backend()} backend, CPU",
+            "sample_images": SAMPLE_IMAGE_COUNT,
+            "batch_sizes": list(ONNX_VERIFIED_BATCH_SIZES),
+            "max_difference": max(verification["max_difference"].values()),
+            "max_difference_by_batch_size": verification["max_difference"],
+            "tolerance": PARITY_TOLERANCE,
+            "reloaded_without_tensorflow_or_keras": not verification["tensorflow_or_keras_imported"],
+        },
+        "versions": {
+            "kerascv_app": kerascv_app.__version__, "keras": keras.__version__, "tensorflow": verification["metadata"].get("kcv_tensorflow_version"),
+            "tf2onnx": installed_version("tf2onnx"), "onnx": installed_version("onnx"), "onnxruntime": verification["onnxruntime_version"],
+        },
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 

@@ -5,6 +5,12 @@ exported version folder (``saved_models/NAME/N``) with TensorFlow alone, through
 ``serving_bytes`` signature, as TF Serving would answer. Images of any size and colour
 mode are decoded and resized by the training pipeline's :func:`decode_image` (inside the
 SavedModel, the same function is traced), so all three give the same probabilities.
+
+An ONNX export (``model.onnx``, or the version folder holding it) is run by onnxruntime
+alone: neither TensorFlow nor Keras is imported, and the images are decoded and resized
+with Pillow the way decode_image does (:mod:`kerascv_app.export.pillow_images`: the same
+pixels for PNG, ±1 on a few; JPEG decoders differ by a few levels). This module imports
+neither at module level, so that path never does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import numpy as np
 
 from kerascv_app.errors import UserError
 from kerascv_app.evaluate.metrics import softmax
-from kerascv_app.export import BYTES_INPUT, IMAGES_INPUT, SERVING_BYTES, SERVING_DEFAULT, SIGNATURE_NAMES
+from kerascv_app.export import BYTES_INPUT, IMAGES_INPUT, ONNX_FILE, SERVING_BYTES, SERVING_DEFAULT, SIGNATURE_NAMES
+from kerascv_app.export.onnx_runtime import onnx_model_path
+from kerascv_app.export.pillow_images import UndecodableImage, decode_with_pillow
 from kerascv_app.model_dir import MODEL_INFO_FILE, ModelDirectory, open_model_directory
 
 #: Images per call of the model: bounds memory whatever the number of files.
@@ -59,8 +67,22 @@ def keras_probabilities(model, images: np.ndarray) -> np.ndarray:
     return softmax(logits.astype(np.float64)).astype(np.float32)
 
 
+def decode_with_tensorflow(encoded: bytes, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """The training pipeline's decode and resize (TensorFlow)."""
+    import tensorflow as tf
+
+    from kerascv_app.data.pipeline import decode_image
+
+    try:
+        return decode_image(tf.constant(encoded), image_size, channels).numpy()
+    except tf.errors.OpError as error:
+        raise UndecodableImage(error.message) from error
+
+
 class KerasClassifier:
     """A run's or an ensemble's model.keras on the selected backend."""
+
+    decode = staticmethod(decode_with_tensorflow)
 
     def __init__(self, model_directory: ModelDirectory):
         self.model = model_directory.load_model()
@@ -74,6 +96,8 @@ class KerasClassifier:
 
 class SavedModelClassifier:
     """An exported version folder, through TensorFlow only."""
+
+    decode = staticmethod(decode_with_tensorflow)
 
     def __init__(self, path: Path):
         import tensorflow as tf
@@ -101,30 +125,53 @@ class SavedModelClassifier:
         return self._serve_bytes(**{BYTES_INPUT: encoded})["probabilities"].numpy()
 
 
-def open_classifier(path: str | Path) -> KerasClassifier | SavedModelClassifier:
+class OnnxFileClassifier:
+    """An exported model.onnx, through onnxruntime only: no TensorFlow, no Keras."""
+
+    decode = staticmethod(decode_with_pillow)
+
+    def __init__(self, path: Path):
+        from kerascv_app.export.onnx_runtime import OnnxClassifier
+
+        self._model = OnnxClassifier(path)
+        self.class_names = self._model.class_names
+        self.image_size = self._model.image_size
+        self.channels = self._model.channels
+
+    def probabilities(self, images: list[ImageFile]) -> np.ndarray:
+        return self._model.run(np.stack([image.pixels for image in images]))["probabilities"]
+
+
+def is_onnx_model(path: str | Path) -> bool:
+    """Whether ``kcv predict`` runs ``path`` with onnxruntime (and must not import TensorFlow)."""
+    return onnx_model_path(path) is not None
+
+
+def open_classifier(path: str | Path) -> KerasClassifier | SavedModelClassifier | OnnxFileClassifier:
     path = Path(path)
+    if is_onnx_model(path):
+        return OnnxFileClassifier(onnx_model_path(path))
     if not path.is_dir():
-        raise UserError(f"{path} does not exist: give a run directory, an ensemble directory or an exported version folder (saved_models/NAME/N)")
+        raise UserError(f"{path} does not exist: give a run directory, an ensemble directory, an exported version folder (saved_models/NAME/N) or a model.onnx")
     if (path / "saved_model.pb").is_file():
         return SavedModelClassifier(path)
     if not (path / MODEL_INFO_FILE).is_file():
-        raise UserError(f"{path} is not a run, ensemble or exported version folder (no {MODEL_INFO_FILE} or saved_model.pb): give one made by kcv fit, kcv ensemble or kcv export")
+        raise UserError(
+            f"{path} is not a run, ensemble or exported version folder (no {MODEL_INFO_FILE}, saved_model.pb or {ONNX_FILE}): "
+            "give one made by kcv fit, kcv ensemble or kcv export"
+        )
     return KerasClassifier(open_model_directory(path))
 
 
-def read_image_file(path: Path, image_size: tuple[int, int], channels: int) -> ImageFile | UnreadableImage:
-    """Reads and decodes one file; a file that cannot be read is reported, not raised."""
-    import tensorflow as tf
-
-    from kerascv_app.data.pipeline import decode_image
-
+def read_image_file(path: Path, classifier) -> ImageFile | UnreadableImage:
+    """Reads and decodes one file as ``classifier`` takes it; a file that cannot be read is reported, not raised."""
     try:
         encoded = path.read_bytes()
     except OSError as error:
         return UnreadableImage(path, error.strerror or str(error))
     try:
-        pixels = decode_image(tf.constant(encoded), image_size, channels).numpy()
-    except tf.errors.OpError:
+        pixels = classifier.decode(encoded, classifier.image_size, classifier.channels)
+    except UndecodableImage:
         return UnreadableImage(path, "not a JPEG, PNG, BMP or GIF image, or a damaged one")
     return ImageFile(path, encoded, pixels)
 
@@ -137,7 +184,7 @@ def predict_images(model_path: str | Path, image_paths: list[Path], top_k: int =
     report = PredictionReport()
     readable = []
     for path in map(Path, image_paths):
-        image = read_image_file(path, classifier.image_size, classifier.channels)
+        image = read_image_file(path, classifier)
         if isinstance(image, UnreadableImage):
             report.unreadable.append(image)
         else:

@@ -1,0 +1,119 @@
+"""Writes a model directory's model as ``model.onnx``, with its class names in the file.
+
+Runs in its own process under the TensorFlow backend whatever backend trained the model
+(``python -m kerascv_app.export.onnx_write MODEL_DIR DESTINATION``), as the SavedModel
+writer does, and converts with tf2onnx, the converter Keras's own ``format="onnx"`` uses
+under TensorFlow (with Keras's patch for NumPy 2). The converted function is the
+SavedModel's ``serving_default``: uint8 images in, the cast to float32 and the model (its
+preprocessing inside it) and a softmax, ``probabilities`` and ``class_id`` out.
+
+There is no ``class_name`` output: tf2onnx turns a captured string constant into an extra
+graph input. The class names, image size and channels are in the model's
+``metadata_props`` instead, which onnxruntime reads (``get_modelmeta().custom_metadata_map``),
+so ``model.onnx`` alone is enough to predict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import kerascv_app
+from kerascv_app.errors import UserError
+from kerascv_app.export import (
+    FAULT_VARIABLE, IMAGES_INPUT, ONNX_CHANNELS_KEY, ONNX_CLASS_NAMES_KEY, ONNX_FILE, ONNX_IMAGE_SIZE_KEY,
+)
+from kerascv_app.model_dir import ModelDirectory, open_model_directory
+
+#: The batch dimension's name in the graph (tf2onnx names it unk__N).
+BATCH_DIMENSION = "batch"
+
+
+def classify_function(model, model_directory: ModelDirectory):
+    """The tf.function converted: the same computation as the SavedModel's serving_default."""
+    import tensorflow as tf
+
+    height, width = model_directory.image_size
+    signature = [tf.TensorSpec([None, height, width, model_directory.channels], tf.uint8, name=IMAGES_INPUT)]
+
+    @tf.function(input_signature=signature)
+    def classify(images):
+        # The model's preprocessing is inside it: it takes [0, 255] values as float32.
+        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {"probabilities": probabilities, "class_id": class_id}
+
+    return classify, signature
+
+
+def convert_to_onnx(model, model_directory: ModelDirectory):
+    """The model as an ONNX ModelProto, named inputs and outputs, its metadata set."""
+    import tensorflow as tf
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx
+
+    patch_tf2onnx()  # tf2onnx 1.17 still uses np.object and friends, gone in NumPy 2.
+    import tf2onnx
+
+    classify, signature = classify_function(model, model_directory)
+    model_proto, _ = tf2onnx.convert.from_function(classify, signature, output_path=None)
+    name_batch_dimension(model_proto)
+    set_metadata(model_proto, model_directory, tf.__version__)
+    return model_proto
+
+
+def name_batch_dimension(model_proto) -> None:
+    """Calls the first dimension of the input and of both outputs "batch", for readers of the graph."""
+    for value in [*model_proto.graph.input, *model_proto.graph.output]:
+        dimension = value.type.tensor_type.shape.dim[0]
+        if not dimension.HasField("dim_value"):
+            dimension.dim_param = BATCH_DIMENSION
+
+
+def set_metadata(model_proto, model_directory: ModelDirectory, tensorflow_version: str) -> None:
+    from onnx import helper
+
+    helper.set_model_props(model_proto, {
+        ONNX_CLASS_NAMES_KEY: json.dumps(list(model_directory.class_names)),
+        ONNX_IMAGE_SIZE_KEY: json.dumps(list(model_directory.image_size)),
+        ONNX_CHANNELS_KEY: str(model_directory.channels),
+        "kcv_source_kind": model_directory.kind,
+        "kcv_trained_backend": model_directory.backend,
+        "kcv_version": kerascv_app.__version__,
+        "kcv_tensorflow_version": tensorflow_version,
+    })
+
+
+def write_onnx_model(model_directory: ModelDirectory, destination: Path) -> None:
+    """Loads the model under TensorFlow and writes ``destination/model.onnx`` (``destination`` must not exist)."""
+    import onnx
+
+    from kerascv_app.export.savedmodel import _perturb_first_weight, load_float32_model
+
+    model = load_float32_model(model_directory)
+    if os.environ.get(FAULT_VARIABLE) == "perturb_weights":
+        _perturb_first_weight(model)
+    model_proto = convert_to_onnx(model, model_directory)
+    onnx.checker.check_model(model_proto)
+    destination.mkdir()
+    onnx.save(model_proto, str(destination / ONNX_FILE))
+
+
+def main(arguments: list[str]) -> int:
+    from kerascv_app.backend import select_backend
+
+    model_path, destination = arguments
+    try:
+        select_backend("tensorflow")
+        write_onnx_model(open_model_directory(model_path), Path(destination))
+    except UserError as error:
+        # The parent process reports this last line as the reason.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
