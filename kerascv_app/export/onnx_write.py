@@ -57,11 +57,56 @@ def convert_to_onnx(model, model_directory: ModelDirectory):
     patch_tf2onnx()  # tf2onnx 1.17 still uses np.object and friends, gone in NumPy 2.
     import tf2onnx
 
+    register_erfc()
     classify, signature = classify_function(model, model_directory)
     model_proto, _ = tf2onnx.convert.from_function(classify, signature, output_path=None)
+    inline_captured_constants(model_proto, classify.get_concrete_function())
     name_batch_dimension(model_proto)
     set_metadata(model_proto, model_directory, tf.__version__)
     return model_proto
+
+
+def inline_captured_constants(model_proto, concrete_function) -> None:
+    """Makes the constants the traced function captured part of the graph, not inputs of it.
+
+    tf2onnx freezes captured variables but turns a captured constant tensor into one more
+    graph input (KerasHub's ViT captures its position ids so), which no caller would feed.
+    Each such input becomes an initializer holding the captured value.
+    """
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    captured_values = concrete_function.captured_inputs
+    placeholders = concrete_function.inputs[len(concrete_function.inputs) - len(captured_values):]
+    constants = {
+        placeholder.name: value.numpy() for placeholder, value in zip(placeholders, captured_values) if value.dtype != tf.resource
+    }
+    graph = model_proto.graph
+    for graph_input in [item for item in graph.input if item.name in constants]:
+        graph.input.remove(graph_input)
+        graph.initializer.append(numpy_helper.from_array(constants[graph_input.name], graph_input.name))
+
+
+def register_erfc() -> None:
+    """Teaches tf2onnx TensorFlow's Erfc, as 1 - Erf (ONNX has Erf only).
+
+    Keras's exact GELU (``approximate=False``, the one ViT, DeiT and DINOv2 use) is
+    ``0.5 * x * erfc(-x / sqrt(2))`` under TensorFlow, and tf2onnx 1.17 has no handler for
+    Erfc: without this, such a model fails the ONNX checker ("Bad node spec ... Erfc").
+    """
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841 - registered by the decorator
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            complement = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_complement"))
+            ctx.replace_inputs(complement, [one.output[0], node.output[0]])
 
 
 def name_batch_dimension(model_proto) -> None:
