@@ -102,7 +102,8 @@ def test_every_tour_command_runs_as_written(tmp_path, monkeypatch, capsys, cifar
     finished = sorted(path.name.rsplit("-", 2)[0] for path in (tmp_path / "runs").iterdir())
     assert finished == ["cifar10_baseline", "cifar10_fast", "cifar10_resnet", "digits", "digits", "fashion_mnist"], finished
     assert (tmp_path / "grid.png").is_file()
-    assert {"doctor", "fit", "runs", "evaluate", "models", "preview"} <= set(ran)
+    assert {"doctor", "fit", "runs", "evaluate", "models", "preview", "export"} <= set(ran)
+    assert (tmp_path / "saved_models" / "onnx" / "digits" / "1" / "model.onnx").is_file()
 
     # kcv evaluate --data: the run's data moved elsewhere (CIFAR's images are identified by
     # position, so the moved archive holds the run's test images) gives the same metrics.
