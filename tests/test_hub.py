@@ -175,10 +175,11 @@ def test_a_bad_preset_is_one_line_and_no_run_is_left(presets, tmp_path, case):
 
 
 def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_way(tmp_path):
-    """Offline: KerasHub's download of a built-in preset fails. The Kaggle endpoint is pointed
-    at a closed local port and the cache at an empty folder, so that this holds online too."""
+    """Offline: KerasHub's download of a built-in preset fails. The requests go through a proxy
+    at a closed local port and the cache is an empty folder, so that this holds online too."""
     cache = tmp_path / "kagglehub_cache"
-    environment = {"KAGGLE_API_ENDPOINT": "http://127.0.0.1:9", "KAGGLEHUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    closed_port = "http://127.0.0.1:9"
+    environment = {"HTTPS_PROXY": closed_port, "https_proxy": closed_port, "HTTP_PROXY": closed_port, "http_proxy": closed_port, "NO_PROXY": "", "no_proxy": "", "KAGGLEHUB_CACHE": str(cache)}
     runs = tmp_path / "runs"
     result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
     assert_one_line_error(result, "cannot download preset 'resnet_18_imagenet'", str(cache), "model.backbone=hub:/path/to/FOLDER")

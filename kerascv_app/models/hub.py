@@ -108,7 +108,7 @@ def _preset_failure(keras_hub, preset: str, reference: str, error: Exception) ->
         )
     if not is_local_preset(preset) and _looks_offline(error):
         return (
-            f"{reference}: KerasHub cannot download preset {preset!r} (offline? {text}); it looks in its caches first "
+            f"{reference}: KerasHub cannot download preset {preset!r} (offline? {type(error).__name__}); it looks in its caches first "
             f"({_kagglehub_cache()} for built-in and kaggle:// presets, {_huggingface_cache()} for hf://): on a machine that is online, "
             f"run keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(FOLDER) (with its image converter: ImageClassifier), copy FOLDER here "
             "and pass model.backbone=hub:/path/to/FOLDER"
