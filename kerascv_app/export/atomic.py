@@ -205,10 +205,14 @@ def check_verification(verification: dict, model_directory: ModelDirectory, mode
         raise UserError(f"the SavedModel was reloaded with keras present, so it was not checked as TF Serving loads it: {refused}")
     if not all(verification["consistent_outputs"].values()):
         raise UserError(f"the SavedModel's class_id or class_name disagrees with its probabilities: {refused}")
+    check_parity(verification, "the SavedModel's", refused)
+
+
+def check_parity(verification: dict, what: str, refused: str) -> None:
     worst = max(verification["max_difference"].values())
     # Written so that NaN fails too.
     if not worst <= PARITY_TOLERANCE:
-        raise UserError(f"the SavedModel's probabilities differ from the Keras model's by {worst:.3g} on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}")
+        raise UserError(f"{what} probabilities differ from the Keras model's by {worst:.3g} on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}")
 
 
 def export_report(model_directory: ModelDirectory, name: str, version: int, verification: dict) -> dict:
@@ -217,16 +221,7 @@ def export_report(model_directory: ModelDirectory, name: str, version: int, veri
     height, width = model_directory.image_size
     channels = model_directory.channels
     return {
-        "name": name,
-        "version": version,
-        "source": str(model_directory.path.resolve()),
-        "source_kind": model_directory.kind,
-        "trained_backend": model_directory.backend,
-        "trained_precision": model_directory.precision,
-        "serving_precision": "float32",
-        "class_names": list(model_directory.class_names),
-        "image_size": [height, width],
-        "channels": channels,
+        **_report_source(model_directory, name, version),
         "signatures": {
             SERVING_DEFAULT: {"inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}}, "outputs": list(OUTPUT_NAMES)},
             SERVING_BYTES: {"inputs": {BYTES_INPUT: {"dtype": "string", "shape": [None]}}, "outputs": list(OUTPUT_NAMES)},
@@ -244,6 +239,22 @@ def export_report(model_directory: ModelDirectory, name: str, version: int, veri
     }
 
 
+def _report_source(model_directory: ModelDirectory, name: str, version: int) -> dict:
+    """What both formats' export_report.json say of the export and the model it came from."""
+    return {
+        "name": name,
+        "version": version,
+        "source": str(model_directory.path.resolve()),
+        "source_kind": model_directory.kind,
+        "trained_backend": model_directory.backend,
+        "trained_precision": model_directory.precision,
+        "serving_precision": "float32",
+        "class_names": list(model_directory.class_names),
+        "image_size": list(model_directory.image_size),
+        "channels": model_directory.channels,
+    }
+
+
 def check_onnx_verification(verification: dict, model_directory: ModelDirectory, model_root: Path) -> None:
     refused = f"nothing was published in {model_root}"
     height, width = model_directory.image_size
@@ -256,10 +267,7 @@ def check_onnx_verification(verification: dict, model_directory: ModelDirectory,
         raise UserError(f"model.onnx takes images of shape {verification['input_shape']}, not [batch, {height}, {width}, {model_directory.channels}] with any batch: {refused}")
     if not all(verification["consistent_outputs"].values()):
         raise UserError(f"model.onnx's class_id disagrees with its probabilities: {refused}")
-    worst = max(verification["max_difference"].values())
-    # Written so that NaN fails too.
-    if not worst <= PARITY_TOLERANCE:
-        raise UserError(f"model.onnx's probabilities differ from the Keras model's by {worst:.3g} on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}")
+    check_parity(verification, "model.onnx's", refused)
 
 
 def onnx_export_report(model_directory: ModelDirectory, name: str, version: int, verification: dict) -> dict:
@@ -271,18 +279,9 @@ def onnx_export_report(model_directory: ModelDirectory, name: str, version: int,
     channels = model_directory.channels
     classes = len(model_directory.class_names)
     return {
-        "name": name,
-        "version": version,
+        **_report_source(model_directory, name, version),
         "format": "onnx",
         "file": ONNX_FILE,
-        "source": str(model_directory.path.resolve()),
-        "source_kind": model_directory.kind,
-        "trained_backend": model_directory.backend,
-        "trained_precision": model_directory.precision,
-        "serving_precision": "float32",
-        "class_names": list(model_directory.class_names),
-        "image_size": [height, width],
-        "channels": channels,
         "inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}},
         "outputs": {ONNX_OUTPUT_NAMES[0]: {"dtype": "float32", "shape": [None, classes]}, ONNX_OUTPUT_NAMES[1]: {"dtype": "int64", "shape": [None]}},
         "metadata_props": verification["metadata"],

@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import kerascv_app
-from kerascv_app.errors import UserError
 from kerascv_app.export import (
     FAULT_VARIABLE, IMAGES_INPUT, ONNX_CHANNELS_KEY, ONNX_CLASS_NAMES_KEY, ONNX_FILE, ONNX_IMAGE_SIZE_KEY,
 )
-from kerascv_app.model_dir import ModelDirectory, open_model_directory
+from kerascv_app.model_dir import ModelDirectory
 
 #: The batch dimension's name in the graph (tf2onnx names it unk__N).
 BATCH_DIMENSION = "batch"
@@ -147,17 +146,9 @@ def write_onnx_model(model_directory: ModelDirectory, destination: Path) -> None
 
 
 def main(arguments: list[str]) -> int:
-    from kerascv_app.backend import select_backend
+    from kerascv_app.export.savedmodel import writer_main
 
-    model_path, destination = arguments
-    try:
-        select_backend("tensorflow")
-        write_onnx_model(open_model_directory(model_path), Path(destination))
-    except UserError as error:
-        # The parent process reports this last line as the reason.
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return writer_main(write_onnx_model, arguments)
 
 
 if __name__ == "__main__":

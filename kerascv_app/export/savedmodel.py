@@ -123,18 +123,23 @@ def _perturb_first_weight(model) -> None:
     variable.assign(variable + 1.0)
 
 
-def main(arguments: list[str]) -> int:
+def writer_main(write, arguments: list[str]) -> int:
+    """A writer process (``MODEL_DIR DESTINATION``): ``write(model_directory, destination)`` under TensorFlow."""
     from kerascv_app.backend import select_backend
 
     model_path, destination = arguments
     try:
         select_backend("tensorflow")
-        write_saved_model(open_model_directory(model_path), Path(destination))
+        write(open_model_directory(model_path), Path(destination))
     except UserError as error:
         # The parent process reports this last line as the reason.
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(arguments: list[str]) -> int:
+    return writer_main(write_saved_model, arguments)
 
 
 if __name__ == "__main__":
