@@ -62,25 +62,47 @@ def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(pres
     assert export.returncode == 0, export.stderr
     (version,) = (tmp_path / "saved_models" / "digits").iterdir()
     from_run, from_export = (run_kcv("predict", path, *digit_images, "--top-k", "10", "--json") for path in (run_dir, version))
-    for result in (from_run, from_export):
-        assert result.returncode == 0, result.stderr
-    run_probabilities = {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(from_run.stdout)}
-    export_probabilities = {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(from_export.stdout)}
+    run_probabilities, export_probabilities = probabilities_by_image(from_run), probabilities_by_image(from_export)
     assert list(run_probabilities) == [str(path) for path in digit_images]
     for image, probabilities in run_probabilities.items():
         for name, probability in probabilities.items():
             assert export_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
 
-    # ONNX: verified against the Keras model by the export itself (1e-4, in its report); kcv
-    # predict on it decodes with Pillow, so the resized images agree on their top class.
+    # ONNX: verified against the Keras model by the export itself (1e-4, in its report). kcv
+    # predict on a .onnx decodes with Pillow, not TensorFlow: on PNGs at the model's own size
+    # (8x8 grey) the pixels are the same, so the probabilities must be the run's. (A resized or
+    # JPEG image may differ by a level here and there, enough to flip an unsure top class.)
     onnx = run_kcv("export", run_dir, "--format", "onnx", "--base", tmp_path / "saved_models")
     assert onnx.returncode == 0, onnx.stderr
     (onnx_version,) = (tmp_path / "saved_models" / "onnx" / "digits").iterdir()
     assert json.loads((onnx_version / "export_report.json").read_text())["parity"]["max_difference"] <= 1e-4
-    from_onnx = run_kcv("predict", onnx_version / "model.onnx", *digit_images, "--json")
-    assert from_onnx.returncode == 0, from_onnx.stderr
-    for item in json.loads(from_onnx.stdout):
-        assert item["predictions"][0]["class_name"] == next(iter(run_probabilities[item["image"]]))
+    model_size_images = write_model_size_digits(tmp_path / "model_size")
+    from_run, from_onnx = (run_kcv("predict", path, *model_size_images, "--top-k", "10", "--json") for path in (run_dir, onnx_version / "model.onnx"))
+    run_probabilities, onnx_probabilities = probabilities_by_image(from_run), probabilities_by_image(from_onnx)
+    assert list(onnx_probabilities) == [str(path) for path in model_size_images]
+    for image, probabilities in run_probabilities.items():
+        for name, probability in probabilities.items():
+            assert onnx_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
+
+
+def write_model_size_digits(folder):
+    """Three real digits as 8x8 grayscale PNGs: the digits recipe's own size, nothing to resize."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    digits = load_digits()
+    paths = []
+    for index in (0, 7, 13):
+        path = folder / f"digit_{index}.png"
+        Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def probabilities_by_image(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}
 
 
 @pytest.mark.parametrize("kind", ["resnet", "vit"])
