@@ -187,13 +187,19 @@ BAD_PRESETS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PRESETS))
-def test_a_bad_preset_is_one_line_and_no_run_is_left(presets, tmp_path, case):
+def test_a_bad_preset_is_refused_in_one_line_while_the_model_is_built(presets, tmp_path, case):
+    """In process, where kcv fit builds the model before the run folder exists (the two
+    command-line tests below show the exit status and that no run folder is left)."""
+    from kerascv_app.errors import UserError
+    from kerascv_app.models import create_model
+    from kerascv_app.recipe import load_recipe
+
     make_preset, settings, fragment = BAD_PRESETS[case]
-    preset = make_preset(tmp_path, presets)
-    runs = tmp_path / "runs"
-    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets(f"model.backbone=hub:{preset}", *settings))
-    assert_one_line_error(result, "model.backbone", fragment)
-    assert not runs.exists() or not any(runs.iterdir())
+    config = load_recipe(DIGITS_RECIPE)[0].with_overrides([f"model.backbone=hub:{make_preset(tmp_path, presets)}", *settings])
+    with pytest.raises(UserError) as refused:
+        create_model(config, 10)
+    message = str(refused.value)
+    assert "model.backbone" in message and fragment in message and "\n" not in message, message
 
 
 def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_way(tmp_path):
@@ -213,5 +219,7 @@ def test_without_keras_hub_a_hub_backbone_names_the_install_command(tmp_path):
     (hidden / "keras_hub").mkdir(parents=True)
     (hidden / "keras_hub" / "__init__.py").write_text("raise ImportError('keras_hub is hidden by this test')\n")
     environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
-    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", tmp_path / "runs", *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
+    runs = tmp_path / "runs"
+    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
     assert_one_line_error(result, "needs KerasHub", 'pip install -e ".[hub]"')
+    assert not runs.exists() or not any(runs.iterdir())
