@@ -44,7 +44,7 @@ def fit(runs, *arguments, recipe=DIGITS_RECIPE):
     return run_dir
 
 
-def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path, digit_images):
+def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path):
     # Digits are 8x8 grayscale: the model repeats the channel and resizes to the preset's 16x16.
     run_dir = fit(
         tmp_path / "runs", *sets(f"model.backbone=hub:{presets['resnet']}", "train.epochs=1", "train.fine_tune_epochs=6", "train.fine_tune_learning_rate=0.003"),
@@ -58,17 +58,9 @@ def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(pres
     scale, offset = imagenet_scale_and_offset(3)
     assert f"{scale[0]:.6g}" in transfer["preprocessing"] and f"{offset[2]:.6g}" in transfer["preprocessing"]
 
-    export = run_kcv("export", run_dir, "--base", tmp_path / "saved_models")
-    assert export.returncode == 0, export.stderr
-    (version,) = (tmp_path / "saved_models" / "digits").iterdir()
-    from_run, from_export = (run_kcv("predict", path, *digit_images, "--top-k", "10", "--json") for path in (run_dir, version))
-    run_probabilities, export_probabilities = probabilities_by_image(from_run), probabilities_by_image(from_export)
-    assert list(run_probabilities) == [str(path) for path in digit_images]
-    for image, probabilities in run_probabilities.items():
-        for name, probability in probabilities.items():
-            assert export_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
-
-    # ONNX: verified against the Keras model by the export itself (1e-4, in its report). kcv
+    # Exported as ONNX, the path where a KerasHub model met converter problems (the SavedModel
+    # path is the same code for every backbone: tests/test_export.py), and verified against the
+    # Keras model by the export itself (1e-4, in its report). kcv
     # predict on a .onnx decodes with Pillow, not TensorFlow: on PNGs at the model's own size
     # (8x8 grey) the pixels are the same, so the probabilities must be the run's. (A resized or
     # JPEG image may differ by a level here and there, enough to flip an unsure top class.)
