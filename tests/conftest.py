@@ -85,3 +85,19 @@ def decode_batches():
         return [(np.asarray(images), np.asarray(labels)) for images, labels in dataset.as_numpy_iterator()]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def model_size_images(tmp_path_factory) -> list[Path]:
+    """Three real digits as 8x8 grayscale PNGs: the model's size, so no resize and lossless pixels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("model_size_images")
+    digits = load_digits()
+    paths = []
+    for index in (0, 7, 13):
+        path = folder / f"digit-{index}.png"
+        Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths

@@ -114,3 +114,9 @@ def fit_learning_digits_run(runs: Path, *arguments) -> Path:
     accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy > LEARNED_ACCURACY, f"the fixture run did not learn: test accuracy {accuracy}"
     return run_dir
+
+
+def predicted(result) -> dict[str, dict[str, float]]:
+    """--json output as {image: {class name: probability}}."""
+    assert result.returncode == 0, result.stderr
+    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kcv_testing import BACKEND, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, assert_one_line_error, predicted, run_kcv
 from kerascv_app.export import FAULT_VARIABLE, PARITY_TOLERANCE
 from kerascv_app.model_dir import open_model_directory
 
@@ -38,28 +38,6 @@ def onnx_export(digits_run, tmp_path_factory) -> Path:
     result = run_kcv("export", digits_run, "--base", base, "--format", "onnx")
     assert result.returncode == 0, result.stderr
     return base / "onnx" / "digits" / "1"
-
-
-@pytest.fixture(scope="module")
-def model_size_images(tmp_path_factory) -> list[Path]:
-    """Three real digits as 8x8 grayscale PNGs: the model's size, so no resize and lossless pixels."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    folder = tmp_path_factory.mktemp("model_size_images")
-    digits = load_digits()
-    paths = []
-    for index in (0, 7, 13):
-        path = folder / f"digit-{index}.png"
-        Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def predicted(result) -> dict[str, dict[str, float]]:
-    """--json output as {image: {class name: probability}}."""
-    assert result.returncode == 0, result.stderr
-    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}
 
 
 def test_onnx_export_is_verified_published_beside_tf_serving_and_matches_keras(digits_run, onnx_export):

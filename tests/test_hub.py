@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from hub_presets import imagenet_scale_and_offset, write_resnet_preset, write_vit_preset
-from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import REPO_ROOT, assert_one_line_error, predicted, run_kcv
 
 DIGITS_RECIPE = REPO_ROOT / "recipes" / "digits.py"
 PRESET_SIZE = 16
@@ -44,7 +44,7 @@ def fit(runs, *arguments, recipe=DIGITS_RECIPE):
     return run_dir
 
 
-def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path):
+def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path, model_size_images):
     # Digits are 8x8 grayscale: the model repeats the channel and resizes to the preset's 16x16.
     run_dir = fit(
         tmp_path / "runs", *sets(f"model.backbone=hub:{presets['resnet']}", "train.epochs=1", "train.fine_tune_epochs=6", "train.fine_tune_learning_rate=0.003"),
@@ -68,33 +68,12 @@ def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(pres
     assert onnx.returncode == 0, onnx.stderr
     (onnx_version,) = (tmp_path / "saved_models" / "onnx" / "digits").iterdir()
     assert json.loads((onnx_version / "export_report.json").read_text())["parity"]["max_difference"] <= 1e-4
-    model_size_images = write_model_size_digits(tmp_path / "model_size")
     from_run, from_onnx = (run_kcv("predict", path, *model_size_images, "--top-k", "10", "--json") for path in (run_dir, onnx_version / "model.onnx"))
-    run_probabilities, onnx_probabilities = probabilities_by_image(from_run), probabilities_by_image(from_onnx)
+    run_probabilities, onnx_probabilities = predicted(from_run), predicted(from_onnx)
     assert list(onnx_probabilities) == [str(path) for path in model_size_images]
     for image, probabilities in run_probabilities.items():
         for name, probability in probabilities.items():
             assert onnx_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
-
-
-def write_model_size_digits(folder):
-    """Three real digits as 8x8 grayscale PNGs: the digits recipe's own size, nothing to resize."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    folder.mkdir()
-    digits = load_digits()
-    paths = []
-    for index in (0, 7, 13):
-        path = folder / f"digit_{index}.png"
-        Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def probabilities_by_image(result) -> dict:
-    assert result.returncode == 0, result.stderr
-    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}
 
 
 @pytest.mark.parametrize("kind", ["resnet", "vit"])

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from kcv_testing import assert_one_line_error, run_kcv
+from kcv_testing import assert_one_line_error, predicted, run_kcv
 from kerascv_app.model_dir import open_model_directory
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
-
-
-def predicted(result) -> dict[str, dict[str, float]]:
-    """--json output as {image: {class name: probability}}."""
-    assert result.returncode == 0, result.stderr
-    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}
 
 
 def test_predict_from_a_run_gives_the_keras_models_top_classes(digits_run, digit_images):
