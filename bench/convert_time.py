@@ -1,7 +1,7 @@
 """How long `kcv convert` takes for the CIFAR-10 JPEG copy (60,000 images), against the
 plainest possible conversion measured in the same run.
 
-    python bench/convert_time.py [--archive ../shared/data/cifar10-jpeg.tar.gz] [--workers 2]
+    python bench/convert_time.py --data PATH [--workers 2]
 
 kcv: `kcv convert folder:FOLDER --to DIR --workers N` in a fresh process (wall time,
 start-up included: what a user waits for), from the extracted folder. Reference: one
@@ -23,9 +23,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bench"))
-from tfrecord_data import DEFAULT_ARCHIVE, jpeg_folder  # noqa: E402
+from cifar10_jpeg import add_data_argument  # noqa: E402
+from tfrecord_data import jpeg_folder  # noqa: E402
 
-REFERENCE = r'''
+REFERENCE = r"""
 import os, sys
 import tensorflow as tf
 root, target = sys.argv[1], sys.argv[2]
@@ -42,7 +43,7 @@ with tf.io.TFRecordWriter(target) as writer:
                     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
                 }))
                 writer.write(example.SerializeToString())
-'''
+"""
 
 
 def timed(command: list[str]) -> float:
@@ -65,14 +66,29 @@ def warm(root: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    add_data_argument(parser)
     parser.add_argument("--workers", type=int, default=2)
     arguments = parser.parse_args()
     root = jpeg_folder(arguments.archive)
     images = warm(root)
     with tempfile.TemporaryDirectory() as scratch:
-        kcv_seconds = timed([sys.executable, "-m", "kerascv_app.cli", "convert", f"folder:{root}", "--to", str(Path(scratch) / "kcv"), "--workers", str(arguments.workers), "--quiet"])
-        reference_seconds = timed([sys.executable, "-c", REFERENCE, str(root), str(Path(scratch) / "reference.tfrecord")])
+        kcv_seconds = timed(
+            [
+                sys.executable,
+                "-m",
+                "kerascv_app.cli",
+                "convert",
+                f"folder:{root}",
+                "--to",
+                str(Path(scratch) / "kcv"),
+                "--workers",
+                str(arguments.workers),
+                "--quiet",
+            ]
+        )
+        reference_seconds = timed(
+            [sys.executable, "-c", REFERENCE, str(root), str(Path(scratch) / "reference.tfrecord")]
+        )
     print(f"{os.cpu_count()} CPU cores, {images} images")
     print(f"kcv convert (--workers {arguments.workers}): {kcv_seconds:6.1f} s  ({images / kcv_seconds:,.0f} images/s)")
     print(f"reference (one loop, one file):  {reference_seconds:6.1f} s  ({images / reference_seconds:,.0f} images/s)")

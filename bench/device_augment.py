@@ -94,9 +94,17 @@ def training_step(images):
     from kerascv_app.models import create_model
     from kerascv_app.train.optim import create_optimizer
 
-    config = Config(data=DataConfig(image_size=(SIZE, SIZE), batch_size=BATCH), augment=AugmentConfig(), model=ModelConfig(name="seed_cnn", hidden_units=512), train=TrainConfig(optimizer="sgd", learning_rate=0.001))
+    config = Config(
+        data=DataConfig(image_size=(SIZE, SIZE), batch_size=BATCH),
+        augment=AugmentConfig(),
+        model=ModelConfig(name="seed_cnn", hidden_units=512),
+        train=TrainConfig(optimizer="sgd", learning_rate=0.001),
+    )
     model = create_model(config, num_classes=10)
-    model.compile(optimizer=create_optimizer(config.train, steps_per_epoch=100), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=create_optimizer(config.train, steps_per_epoch=100),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     labels = np.eye(10, dtype="float32")[np.arange(BATCH) % 10]
     return lambda: model.train_on_batch(images, labels)
 
@@ -117,7 +125,13 @@ def measure(rounds: int, calls: int) -> dict:
     step = best_milliseconds(training_step(images), rounds, calls)
     from kerascv_app.backend import devices
 
-    return {"backend": keras.backend.backend(), "devices": devices(), "ops": milliseconds, "training_step": step, "heavy_over_step": milliseconds["heavy set"] / step}
+    return {
+        "backend": keras.backend.backend(),
+        "devices": devices(),
+        "ops": milliseconds,
+        "training_step": step,
+        "heavy_over_step": milliseconds["heavy set"] / step,
+    }
 
 
 def run_backends(backends: list[str], rounds: int, calls: int) -> list[dict]:
@@ -141,7 +155,11 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="", help="Comma-separated backends, each measured in its own process (default: the current one).")
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="Comma-separated backends, each measured in its own process (default: the current one).",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="Print one JSON line (used for --backends).")
@@ -159,7 +177,7 @@ def main() -> None:
         print(json.dumps(results[0]))
         return
     print_table(results)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{os.cpu_count()} CPU cores")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(results, indent=2) + "\n")
 

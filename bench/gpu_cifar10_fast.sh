@@ -5,7 +5,8 @@
 # Pillow but neither TensorFlow nor Keras, and reaches no package registry:
 #
 #   1. here, with PyPI (once per session; fills the ignored folder .device/):
-#        bash bench/gpu_cifar10_fast.sh prepare
+#        bash bench/gpu_cifar10_fast.sh prepare PATH    (PATH: the CIFAR-10 JPEG copy, .tar.gz;
+#                                                      or set KCV_CIFAR10_JPEG)
 #   2. there, through the device tool, carrying that folder:
 #        run(command="bash bench/gpu_cifar10_fast.sh run 2>&1 | tee $OUT/log.txt",
 #            carry=[".device"], timeout_s=600)
@@ -19,7 +20,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE_FOLDER=${DEVICE_FOLDER:-.device}
-ARCHIVE_SOURCE=../shared/data/cifar10-jpeg.tar.gz
 # Keras and what it needs beyond the GPU image's packages (absl-py, h5py, ml-dtypes,
 # numpy, packaging and rich are there), for the image's Python 3.12 on x86-64.
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0)
@@ -31,17 +31,19 @@ DEADLINE_SECONDS=${DEADLINE_SECONDS:-420}
 SETS=${SETS:-}
 
 prepare() {
+    local archive_source=${1:-${KCV_CIFAR10_JPEG:-}}
+    test -f "$archive_source" || { echo "error: prepare needs the CIFAR-10 JPEG copy: bash bench/gpu_cifar10_fast.sh prepare PATH (or set KCV_CIFAR10_JPEG)" >&2; exit 2; }
     mkdir -p "$DEVICE_FOLDER/wheels"
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DEVICE_FOLDER/wheels" "${WHEELS[@]}"
-    cp "$ARCHIVE_SOURCE" "$DEVICE_FOLDER/cifar10-jpeg.tar.gz"
+    cp "$archive_source" "$DEVICE_FOLDER/cifar10-jpeg.tar.gz"
     du -sh "$DEVICE_FOLDER"
     echo "prepared $DEVICE_FOLDER: now run 'bash bench/gpu_cifar10_fast.sh run' through the device tool with carry=[\"$DEVICE_FOLDER\"]"
 }
 
 run() {
-    test -f "$DEVICE_FOLDER/cifar10-jpeg.tar.gz" || { echo "no $DEVICE_FOLDER/cifar10-jpeg.tar.gz: run 'bash bench/gpu_cifar10_fast.sh prepare' first and carry $DEVICE_FOLDER" >&2; exit 2; }
+    test -f "$DEVICE_FOLDER/cifar10-jpeg.tar.gz" || { echo "no $DEVICE_FOLDER/cifar10-jpeg.tar.gz: run 'bash bench/gpu_cifar10_fast.sh prepare PATH' first and carry $DEVICE_FOLDER" >&2; exit 2; }
     local site=/tmp/kcv-site
     python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$DEVICE_FOLDER"/wheels/*.whl
     # kerascv_app itself, without dependencies; the checkout on PYTHONPATH serves if the build fails.
@@ -62,7 +64,7 @@ run() {
 }
 
 case "${1:-}" in
-    prepare) prepare ;;
+    prepare) prepare "${2:-}" ;;
     run) run ;;
-    *) echo "usage: bash bench/gpu_cifar10_fast.sh prepare|run" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_cifar10_fast.sh prepare PATH | run" >&2; exit 2 ;;
 esac

@@ -54,13 +54,18 @@ def measure(jit_compile: str, steps: int, warmup: int) -> dict:
         times.append(time.perf_counter() - start)
         losses.append(loss)
     steady = sorted(times[warmup:])
-    return {"median_step_seconds": steady[len(steady) // 2], "warmup_seconds": sum(times[:warmup]), "losses": losses, "resolved": str(model.jit_compile)}
+    return {
+        "median_step_seconds": steady[len(steady) // 2],
+        "warmup_seconds": sum(times[:warmup]),
+        "losses": losses,
+        "resolved": str(model.jit_compile),
+    }
 
 
 def run_backend(backend: str, jit_compile: str, steps: int, warmup: int) -> dict:
     code = (
-        "import json, sys; sys.path.insert(0, %r); from bench.jit_compile import measure; "
-        "print(json.dumps(measure(%r, %d, %d)))" % (str(REPO_ROOT), jit_compile, steps, warmup)
+        f"import json, sys; sys.path.insert(0, {str(REPO_ROOT)!r}); from bench.jit_compile import measure; "
+        f"print(json.dumps(measure({jit_compile!r}, {steps:d}, {warmup:d})))"
     )
     environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=1800)
@@ -77,7 +82,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "jit_compile.json")
     arguments = parser.parse_args()
     results = {}
-    print(f"{'backend':12} {'default (resolved)':>22} {'jit_compile=True':>18} {'ratio':>7} {'max loss diff':>14} {'warm-up s default / jit':>24}")
+    print(
+        f"{'backend':12} {'default (resolved)':>22} {'jit_compile=True':>18} {'ratio':>7} {'max loss diff':>14} "
+        f"{'warm-up s default / jit':>24}"
+    )
     for backend in arguments.backends.split(","):
         default = run_backend(backend, "auto", arguments.steps, arguments.warmup)
         jitted = run_backend(backend, "true", arguments.steps, arguments.warmup)

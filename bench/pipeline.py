@@ -18,7 +18,9 @@ best pass counts (the one least disturbed by other work on the machine).
 The honest comparison is the uncached one (both decode every epoch); the cached one is
 what kcv fit does by default. Target: tf.data at least 3x the DataLoader for both sets.
 
-    python bench/pipeline.py [--seed-python /work/venv-tv/bin/python] [--train-per-class 1000]
+    python bench/pipeline.py --data PATH --seed-python .venv-torchvision/bin/python [--train-per-class 1000]
+
+(.venv-torchvision: see bench/seed_vs_kcv.py; PATH: the CIFAR-10 JPEG copy, or set KCV_CIFAR10_JPEG.)
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_vs_kcv import DEFAULT_ARCHIVE, REPO_ROOT, balanced_subset  # noqa: E402
+from cifar10_jpeg import add_data_argument  # noqa: E402
+from seed_vs_kcv import REPO_ROOT, balanced_subset  # noqa: E402
 
-DEFAULT_SEED_PYTHON = "/work/venv-tv/bin/python"
+DEFAULT_SEED_PYTHON = ".venv-torchvision/bin/python"
 # "none": decoding and batching only, the bound below any augmentation.
 SET_NAMES = ("none", "seed", "heavy")
 
@@ -50,7 +53,9 @@ def list_images(root: Path) -> tuple[list[str], list[int]]:
     return paths, labels
 
 
-def tf_data_rate(paths: list[str], labels: list[int], set_name: str, cache: str, batch_size: int, timed_passes: int) -> float:
+def tf_data_rate(
+    paths: list[str], labels: list[int], set_name: str, cache: str, batch_size: int, timed_passes: int
+) -> float:
     """Images/s of kcv's training pipeline: the best of ``timed_passes`` passes after a warm-up pass."""
     from kerascv_app.augment.spec import HEAVY_PRESET, SEED_PRESET
     from kerascv_app.config import AugmentConfig, DataConfig
@@ -73,7 +78,18 @@ def count_images(dataset) -> int:
 
 
 def dataloader_rate(python: str, data_dir: Path, set_name: str, batch_size: int, timed_passes: int) -> dict:
-    command = [python, str(REPO_ROOT / "bench" / "pipeline_torchvision.py"), "--data-dir", str(data_dir), "--set", set_name, "--batch-size", str(batch_size), "--timed-epochs", str(timed_passes)]
+    command = [
+        python,
+        str(REPO_ROOT / "bench" / "pipeline_torchvision.py"),
+        "--data-dir",
+        str(data_dir),
+        "--set",
+        set_name,
+        "--batch-size",
+        str(batch_size),
+        "--timed-epochs",
+        str(timed_passes),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
@@ -82,15 +98,22 @@ def dataloader_rate(python: str, data_dir: Path, set_name: str, batch_size: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed-python", default=DEFAULT_SEED_PYTHON if Path(DEFAULT_SEED_PYTHON).exists() else None, help="A Python with torch and torchvision.")
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument(
+        "--seed-python",
+        default=DEFAULT_SEED_PYTHON if Path(DEFAULT_SEED_PYTHON).exists() else None,
+        help="A Python with torch and torchvision.",
+    )
+    add_data_argument(parser)
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--timed-passes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "pipeline.json")
     arguments = parser.parse_args()
     if not arguments.seed_python:
-        parser.error("--seed-python is needed: a Python with torch and torchvision (e.g. /work/venv-tv/bin/python)")
+        parser.error(
+            "--seed-python is needed: a Python with torch and torchvision (e.g. .venv-torchvision/bin/python, see "
+            "bench/seed_vs_kcv.py)"
+        )
 
     sys.path.insert(0, str(REPO_ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -102,23 +125,44 @@ def main() -> None:
         data_dir = Path(scratch) / "train"
         image_count = balanced_subset(root / "train", data_dir, arguments.train_per_class)
         paths, labels = list_images(data_dir)
-        print(f"{image_count} CIFAR-10 JPEG training images, batch {arguments.batch_size}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"{image_count} CIFAR-10 JPEG training images, batch {arguments.batch_size}, {os.cpu_count()} CPU cores",
+            flush=True,
+        )
         for set_name in SET_NAMES:
             row = {"set": set_name}
-            row["tf_data_cached"] = tf_data_rate(paths, labels, set_name, "memory", arguments.batch_size, arguments.timed_passes)
-            row["tf_data_uncached"] = tf_data_rate(paths, labels, set_name, "none", arguments.batch_size, arguments.timed_passes)
-            row["dataloader"] = dataloader_rate(arguments.seed_python, data_dir, set_name, arguments.batch_size, arguments.timed_passes)["images_per_second"]
+            row["tf_data_cached"] = tf_data_rate(
+                paths, labels, set_name, "memory", arguments.batch_size, arguments.timed_passes
+            )
+            row["tf_data_uncached"] = tf_data_rate(
+                paths, labels, set_name, "none", arguments.batch_size, arguments.timed_passes
+            )
+            row["dataloader"] = dataloader_rate(
+                arguments.seed_python, data_dir, set_name, arguments.batch_size, arguments.timed_passes
+            )["images_per_second"]
             row["ratio_uncached"] = row["tf_data_uncached"] / row["dataloader"]
             row["ratio_cached"] = row["tf_data_cached"] / row["dataloader"]
             print(json.dumps(row), flush=True)
             rows.append(row)
 
-    print(f"\n{'set':6} {'tf.data cached':>15} {'tf.data uncached':>17} {'DataLoader (2 w)':>17} {'ratio uncached':>15} {'ratio cached':>13}   (images/s)")
+    print(
+        f"\n{'set':6} {'tf.data cached':>15} {'tf.data uncached':>17} {'DataLoader (2 w)':>17} "
+        f"{'ratio uncached':>15} {'ratio cached':>13}   (images/s)"
+    )
     for row in rows:
-        print(f"{row['set']:6} {row['tf_data_cached']:15.0f} {row['tf_data_uncached']:17.0f} {row['dataloader']:17.0f} {row['ratio_uncached']:15.1f} {row['ratio_cached']:13.1f}")
-    print(f"target: tf.data >= 3x the DataLoader for the seed and heavy sets (load average now {os.getloadavg()[0]:.1f})")
+        print(
+            f"{row['set']:6} {row['tf_data_cached']:15.0f} {row['tf_data_uncached']:17.0f} "
+            f"{row['dataloader']:17.0f} {row['ratio_uncached']:15.1f} {row['ratio_cached']:13.1f}"
+        )
+    print("target: tf.data >= 3x the DataLoader for the seed and heavy sets")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(json.dumps({"images": image_count, "batch_size": arguments.batch_size, "cpu_count": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+    arguments.out.write_text(
+        json.dumps(
+            {"images": image_count, "batch_size": arguments.batch_size, "cpu_count": os.cpu_count(), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ ImageFolder + transforms + DataLoader(batch_size=128, shuffle=True, num_workers=
 in the source document's example, with persistent workers so that no epoch pays for
 starting them. Prints one JSON line: images/s of the best timed epoch (after one warm-up), and the mean.
 
-    /work/venv-tv/bin/python bench/pipeline_torchvision.py --data-dir DIR --set none|seed|heavy
+    .venv-torchvision/bin/python bench/pipeline_torchvision.py --data-dir DIR --set none|seed|heavy
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def main() -> None:
 
     torch.manual_seed(0)
     dataset = datasets.ImageFolder(arguments.data_dir, transform=build_transform(arguments.set))
-    loader = DataLoader(dataset, batch_size=arguments.batch_size, shuffle=True, num_workers=arguments.workers, persistent_workers=True)
+    loader = DataLoader(
+        dataset, batch_size=arguments.batch_size, shuffle=True, num_workers=arguments.workers, persistent_workers=True
+    )
     rates = []
     for epoch in range(1 + arguments.timed_epochs):
         start = time.perf_counter()
@@ -62,7 +64,16 @@ def main() -> None:
         if epoch > 0:  # epoch 0 warms up: workers start, files enter the page cache
             rates.append(count / (time.perf_counter() - start))
     # The best epoch, as bench/pipeline.py takes the best tf.data pass.
-    print(json.dumps({"images": len(dataset), "images_per_second": max(rates), "mean_images_per_second": sum(rates) / len(rates), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "images": len(dataset),
+                "images_per_second": max(rates),
+                "mean_images_per_second": sum(rates) / len(rates),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

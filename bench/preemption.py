@@ -120,7 +120,9 @@ def weights(run_dir: Path) -> dict:
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
         file = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         arrays = {}
-        file.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        file.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -128,7 +130,9 @@ def max_difference(first: dict, second: dict) -> float:
     import numpy as np
 
     assert first.keys() == second.keys()
-    return max(float(np.max(np.abs(first[key].astype(float) - second[key].astype(float)), initial=0.0)) for key in first)
+    return max(
+        float(np.max(np.abs(first[key].astype(float) - second[key].astype(float)), initial=0.0)) for key in first
+    )
 
 
 def test_accuracy(run_dir: Path) -> float:
@@ -156,7 +160,9 @@ def main() -> None:
         return run_dir_of(runs), json.loads(stats.read_text())
 
     default_run, default_stats = uninterrupted("default", [])
-    interval_run, interval_stats = uninterrupted("interval", ["--set", f"train.checkpoint_every={options.checkpoint_every}"])
+    interval_run, interval_stats = uninterrupted(
+        "interval", ["--set", f"train.checkpoint_every={options.checkpoint_every}"]
+    )
     epoch_seconds = interval_stats["fit_seconds"] / options.epochs
 
     runs = work / "killed"
@@ -190,7 +196,7 @@ def main() -> None:
         if match:
             epoch, batch, steps_per_epoch = map(int, match.groups())
             resumed_at.append((epoch - 1) * steps_per_epoch + batch - 1)
-    steps_lost = [reached - resumed for reached, resumed in zip(lost, resumed_at[-len(lost):])] if lost else []
+    steps_lost = [reached - resumed for reached, resumed in zip(lost, resumed_at[-len(lost) :])] if lost else []
     killed_run = run_dir_of(runs)
 
     default_weights, interval_weights, killed_weights = weights(default_run), weights(interval_run), weights(killed_run)
@@ -198,18 +204,33 @@ def main() -> None:
     def share(stats):
         return 100 * stats["save_seconds"] / stats["fit_seconds"]
 
-    print(f"recipe {Path(options.recipe).name}, {options.epochs} epochs, backend {options.backend}, epoch {epoch_seconds:.2f} s")
-    print(f"kills: {kills} at random moments within one epoch after training started; checkpoint every {options.checkpoint_every} steps")
+    print(
+        f"recipe {Path(options.recipe).name}, {options.epochs} epochs, backend {options.backend}, epoch "
+        f"{epoch_seconds:.2f} s"
+    )
+    print(
+        f"kills: {kills} at random moments within one epoch after training started; checkpoint every "
+        f"{options.checkpoint_every} steps"
+    )
     print(f"steps lost per kill: {steps_lost} (max {max(steps_lost, default=0)}; target <= {options.checkpoint_every})")
-    print(f"test accuracy: killed and resumed {test_accuracy(killed_run):.4f}, uninterrupted {test_accuracy(interval_run):.4f} (default interval {test_accuracy(default_run):.4f})")
-    print(f"largest weight difference, killed vs uninterrupted: {max_difference(killed_weights, interval_weights):.3g} (default interval run: {max_difference(killed_weights, default_weights):.3g})")
+    print(
+        f"test accuracy: killed and resumed {test_accuracy(killed_run):.4f}, uninterrupted "
+        f"{test_accuracy(interval_run):.4f} (default interval {test_accuracy(default_run):.4f})"
+    )
+    print(
+        "largest weight difference, killed vs uninterrupted: "
+        f"{max_difference(killed_weights, interval_weights):.3g} (default interval run: "
+        f"{max_difference(killed_weights, default_weights):.3g})"
+    )
     print(
         f"checkpoint overhead at the default interval: {share(default_stats):.2f}% of training time "
-        f"({default_stats['saves']} checkpoints, {default_stats['save_seconds']:.2f} s of {default_stats['fit_seconds']:.1f} s)"
+        f"({default_stats['saves']} checkpoints, {default_stats['save_seconds']:.2f} s of "
+        f"{default_stats['fit_seconds']:.1f} s)"
     )
     print(
         f"checkpoint overhead every {options.checkpoint_every} steps: {share(interval_stats):.2f}% "
-        f"({interval_stats['saves']} checkpoints, {interval_stats['save_seconds']:.2f} s of {interval_stats['fit_seconds']:.1f} s)"
+        f"({interval_stats['saves']} checkpoints, {interval_stats['save_seconds']:.2f} s of "
+        f"{interval_stats['fit_seconds']:.1f} s)"
     )
 
 

@@ -34,8 +34,17 @@ window.addEventListener("load", function () {
 });
 </script>
 """
-HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Console messages, as chromium logs them with --enable-logging=stderr (its own start-up warnings, about D-Bus and the GPU, are other lines).
+HEADLESS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Console messages, as chromium logs them with --enable-logging=stderr (its own start-up warnings, about D-Bus
+# and the GPU, are other lines).
 CONSOLE_LINE = re.compile(r"CONSOLE[:(]\d+\)?\] \"(.*?)\", source: (.*)")
 
 
@@ -45,7 +54,12 @@ def find_chromium() -> str | None:
 
 def run_chromium(browser: str, arguments: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="kcv-chromium-") as profile:
-        return subprocess.run([browser, *HEADLESS, f"--user-data-dir={profile}", *arguments], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [browser, *HEADLESS, f"--user-data-dir={profile}", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def check_page(page: Path, screenshot: Path | None = None, width: int = 1200, height: int = 2400) -> dict:
@@ -57,17 +71,38 @@ def check_page(page: Path, screenshot: Path | None = None, width: int = 1200, he
         checked = Path(folder) / page.name
         text = page.read_text(encoding="utf-8")
         checked.write_text(text.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-        result = run_chromium(browser, ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()])
+        result = run_chromium(
+            browser, ["--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()]
+        )
     match = re.search(r'data-kcv-check="([^"]*)"', result.stdout)
-    check = json.loads(html.unescape(match.group(1))) if match else {"images": 0, "broken": ["the check did not run"], "widths": []}
+    check = (
+        json.loads(html.unescape(match.group(1)))
+        if match
+        else {"images": 0, "broken": ["the check did not run"], "widths": []}
+    )
     console = [f"{message} ({source})" for message, source in CONSOLE_LINE.findall(result.stderr)]
     report = {
-        "page": str(page), "images": check["images"], "broken": check["broken"], "smallest_width": min(check["widths"], default=0),
-        "console_messages": console, "expected_images": text.count("<img "),
+        "page": str(page),
+        "images": check["images"],
+        "broken": check["broken"],
+        "smallest_width": min(check["widths"], default=0),
+        "console_messages": console,
+        "expected_images": text.count("<img "),
     }
-    report["ok"] = bool(match) and not check["broken"] and not console and check["images"] == report["expected_images"] > 0
+    report["ok"] = (
+        bool(match) and not check["broken"] and not console and check["images"] == report["expected_images"] > 0
+    )
     if screenshot is not None:
-        shot = run_chromium(browser, [f"--window-size={width},{height}", "--hide-scrollbars", "--virtual-time-budget=10000", f"--screenshot={screenshot.resolve()}", page.as_uri()])
+        shot = run_chromium(
+            browser,
+            [
+                f"--window-size={width},{height}",
+                "--hide-scrollbars",
+                "--virtual-time-budget=10000",
+                f"--screenshot={screenshot.resolve()}",
+                page.as_uri(),
+            ],
+        )
         report["screenshot"] = str(screenshot) if screenshot.is_file() else f"failed: {shot.stderr.strip()[-200:]}"
     return report
 

@@ -1,6 +1,6 @@
 """The source document's PyTorch CIFAR-10 example, as written there, with its two defects fixed.
 
-Fixes (see shared/data/README.md): a third pooling after conv3, so that
+Fixes: a third pooling after conv3, so that
 ``view(-1, 64 * 4 * 4)`` really follows 4x4 maps; and a clean test transform (the source
 evaluated on randomly flipped and cropped test images). Everything else is the source's:
 transforms, DataLoader(batch_size=128, shuffle=True, num_workers=2), SGD(lr=0.001,
@@ -24,7 +24,7 @@ import torchvision.transforms as transforms
 
 class Net(nn.Module):
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
@@ -52,14 +52,15 @@ def main():
     torch.manual_seed(arguments.seed)
 
     transform = transforms.Compose(
-        [transforms.RandomHorizontalFlip(),
-         transforms.RandomCrop(32, padding=4),
-         transforms.ToTensor(),
-         transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+        [
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomCrop(32, padding=4),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
     # fix 2: the test set is not augmented.
-    test_transform = transforms.Compose(
-        [transforms.ToTensor(),
-         transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    test_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
 
     trainset = torchvision.datasets.ImageFolder(arguments.train_dir, transform=transform)
     trainloader = torch.utils.data.DataLoader(trainset, batch_size=128, shuffle=True, num_workers=2)
@@ -72,7 +73,7 @@ def main():
 
     epoch_seconds = []
     start = time.perf_counter()
-    for epoch in range(arguments.epochs):
+    for _epoch in range(arguments.epochs):
         epoch_start = time.perf_counter()
         net.train()
         for inputs, labels in trainloader:
@@ -90,14 +91,18 @@ def main():
             predicted = net(images).argmax(dim=1)
             total += labels.size(0)
             correct += (predicted == labels).sum().item()
-    print(json.dumps({
-        "epoch_seconds": epoch_seconds,
-        "train_images": len(trainset),
-        "test_accuracy": correct / total,
-        "total_seconds": time.perf_counter() - start,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "epoch_seconds": epoch_seconds,
+                "train_images": len(trainset),
+                "test_accuracy": correct / total,
+                "total_seconds": time.perf_counter() - start,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

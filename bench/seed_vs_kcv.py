@@ -9,7 +9,10 @@ kcv / seed of the time per epoch, for two kcv rows:
   - kcv uncached (data.cache = "none"): every epoch decodes every JPEG again, as the seed's
     DataLoader does: the like-for-like row (target: at most 0.40).
 
-    python bench/seed_vs_kcv.py --seed-python .venv-torchvision/bin/python [--train-per-class 1000] [--epochs 10]
+    python bench/seed_vs_kcv.py --data PATH --seed-python .venv-torchvision/bin/python
+        [--train-per-class 1000] [--epochs 10]
+
+PATH is the CIFAR-10 JPEG copy (train/<class>/, test/<class>/ in a .tar.gz; or set KCV_CIFAR10_JPEG).
 
 The seed side needs torchvision, which does not fit beside the CPU torch of the test
 environments: make a separate environment for it, e.g.
@@ -31,8 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cifar10_jpeg import add_data_argument
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def balanced_subset(source: Path, target: Path, per_class: int | None) -> int:
@@ -55,7 +59,16 @@ def checked_run(command: list[str], env: dict | None = None) -> subprocess.Compl
 
 
 def run_seed(python: str, train_dir: Path, test_dir: Path, epochs: int) -> dict:
-    command = [python, str(REPO_ROOT / "bench" / "seed_pytorch.py"), "--train-dir", str(train_dir), "--test-dir", str(test_dir), "--epochs", str(epochs)]
+    command = [
+        python,
+        str(REPO_ROOT / "bench" / "seed_pytorch.py"),
+        "--train-dir",
+        str(train_dir),
+        "--test-dir",
+        str(test_dir),
+        "--epochs",
+        str(epochs),
+    ]
     start = time.perf_counter()
     result = checked_run(command)
     record = json.loads(result.stdout.strip().splitlines()[-1])
@@ -65,10 +78,24 @@ def run_seed(python: str, train_dir: Path, test_dir: Path, epochs: int) -> dict:
 
 def run_kcv(backend: str, data_root: Path, epochs: int, runs_dir: Path, cache: str) -> dict:
     command = [
-        sys.executable, "-m", "kerascv_app.cli", "fit", str(REPO_ROOT / "recipes" / "cifar10_baseline.py"),
-        "--backend", backend, "--runs-dir", str(runs_dir), "--quiet",
-        "--set", f"data.source=folder:{data_root}", "--set", "data.val_fraction=0", "--set", f"train.epochs={epochs}",
-        "--set", f"data.cache={cache}",
+        sys.executable,
+        "-m",
+        "kerascv_app.cli",
+        "fit",
+        str(REPO_ROOT / "recipes" / "cifar10_baseline.py"),
+        "--backend",
+        backend,
+        "--runs-dir",
+        str(runs_dir),
+        "--quiet",
+        "--set",
+        f"data.source=folder:{data_root}",
+        "--set",
+        "data.val_fraction=0",
+        "--set",
+        f"train.epochs={epochs}",
+        "--set",
+        f"data.cache={cache}",
     ]
     start = time.perf_counter()
     checked_run(command, env={**os.environ, "KERAS_BACKEND": backend})
@@ -77,7 +104,12 @@ def run_kcv(backend: str, data_root: Path, epochs: int, runs_dir: Path, cache: s
     with open(run_dir / "history.csv", newline="") as handle:
         epoch_seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(handle)]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"epoch_seconds": epoch_seconds, "train_images": metrics["validation"]["count"] or None, "test_accuracy": metrics["test"]["accuracy"], "wall_seconds": wall}
+    return {
+        "epoch_seconds": epoch_seconds,
+        "train_images": metrics["validation"]["count"] or None,
+        "test_accuracy": metrics["test"]["accuracy"],
+        "wall_seconds": wall,
+    }
 
 
 def summary(name: str, record: dict, train_images: int) -> dict:
@@ -96,8 +128,10 @@ def summary(name: str, record: dict, train_images: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed-python", required=True, help="A Python with torch and torchvision for the source's script.")
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument(
+        "--seed-python", required=True, help="A Python with torch and torchvision for the source's script."
+    )
+    add_data_argument(parser)
     parser.add_argument("--train-per-class", type=int, default=1000, help="0 = all 5,000 per class.")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax", "torch"])
@@ -113,26 +147,56 @@ def main() -> None:
         data_root = scratch / "cifar10"
         train_images = balanced_subset(root / "train", data_root / "train", arguments.train_per_class or None)
         test_images = balanced_subset(root / "test", data_root / "test", None)
-        print(f"{train_images} training and {test_images} test images, {arguments.epochs} epochs, {os.cpu_count()} CPU cores", flush=True)
-        seed = summary("seed (PyTorch, 2 DataLoader workers)", run_seed(arguments.seed_python, data_root / "train", data_root / "test", arguments.epochs), train_images)
+        print(
+            f"{train_images} training and {test_images} test images, {arguments.epochs} epochs, {os.cpu_count()} "
+            "CPU cores",
+            flush=True,
+        )
+        seed = summary(
+            "seed (PyTorch, 2 DataLoader workers)",
+            run_seed(arguments.seed_python, data_root / "train", data_root / "test", arguments.epochs),
+            train_images,
+        )
         print(json.dumps(seed), flush=True)
         kcv_rows = {}
         for cache, label, target in (("memory", "cached", 0.67), ("none", "uncached", 0.40)):
             record = run_kcv(arguments.backend, data_root, arguments.epochs, scratch / f"runs-{cache}", cache)
-            kcv_rows[label] = {**summary(f"kcv fit ({arguments.backend}, {label})", record, train_images), "target": target}
+            kcv_rows[label] = {
+                **summary(f"kcv fit ({arguments.backend}, {label})", record, train_images),
+                "target": target,
+            }
             print(json.dumps(kcv_rows[label]), flush=True)
 
     print()
     print(f"{'':44} {'s/epoch':>9} {'steady':>9} {'img/s':>9} {'test acc':>9} {'wall s':>8}")
     for row in (seed, *kcv_rows.values()):
-        print(f"{row['name']:44} {row['mean_epoch_seconds']:9.2f} {row['steady_epoch_seconds']:9.2f} {row['images_per_second']:9.0f} {row['test_accuracy']:9.4f} {row['wall_seconds']:8.1f}")
+        print(
+            f"{row['name']:44} {row['mean_epoch_seconds']:9.2f} {row['steady_epoch_seconds']:9.2f} "
+            f"{row['images_per_second']:9.0f} {row['test_accuracy']:9.4f} {row['wall_seconds']:8.1f}"
+        )
     print()
     for label, row in kcv_rows.items():
         row["ratio"] = row["mean_epoch_seconds"] / seed["mean_epoch_seconds"]
-        like = "like for like: both decode every epoch" if label == "uncached" else "kcv's default for data that fits in memory"
+        like = (
+            "like for like: both decode every epoch"
+            if label == "uncached"
+            else "kcv's default for data that fits in memory"
+        )
         print(f"ratio kcv {label}/seed, time per epoch: {row['ratio']:.2f} (target <= {row['target']:.2f}; {like})")
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(json.dumps({"train_images": train_images, "test_images": test_images, "epochs": arguments.epochs, "seed": seed, "kcv": kcv_rows}, indent=2) + "\n")
+    arguments.out.write_text(
+        json.dumps(
+            {
+                "train_images": train_images,
+                "test_images": test_images,
+                "epochs": arguments.epochs,
+                "seed": seed,
+                "kcv": kcv_rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

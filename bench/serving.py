@@ -1,7 +1,7 @@
 """Serving on this CPU: the SavedModel (TensorFlow, its serving_default signature) against
 model.onnx (onnxruntime), same model, same images, one run.
 
-    kcv fit recipes/cifar10_baseline.py --smoke --data ../shared/data/cifar10-jpeg.tar.gz --runs-dir /tmp/bench_runs
+    kcv fit recipes/cifar10_baseline.py --smoke --data PATH --runs-dir /tmp/bench_runs
     python bench/serving.py /tmp/bench_runs/cifar10_baseline-*  [--calls 200]
 
 The run (the source's CIFAR-10 net: conv 32-64-64, fc 512, 32x32x3; --smoke trains it for
@@ -81,7 +81,19 @@ def measure(engine: str, model_path: str, images_path: str, calls: int) -> dict:
 
 
 def export(run_dir: Path, base: Path, export_format: str) -> Path:
-    command = [sys.executable, "-m", "kerascv_app.cli", "export", str(run_dir), "--base", str(base), "--name", "bench", "--format", export_format]
+    command = [
+        sys.executable,
+        "-m",
+        "kerascv_app.cli",
+        "export",
+        str(run_dir),
+        "--base",
+        str(base),
+        "--name",
+        "bench",
+        "--format",
+        export_format,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=_environment())
     if result.returncode != 0:
         sys.exit(f"kcv export --format {export_format} failed:\n{result.stderr[-2000:]}")
@@ -90,8 +102,8 @@ def export(run_dir: Path, base: Path, export_format: str) -> Path:
 
 def measure_in_subprocess(engine: str, model_path: Path, images_path: Path, calls: int) -> dict:
     code = (
-        "import json, sys; sys.path.insert(0, %r); import serving; "
-        "print(json.dumps(serving.measure(%r, %r, %r, %d)))" % (str(REPO_ROOT / "bench"), engine, str(model_path), str(images_path), calls)
+        f"import json, sys; sys.path.insert(0, {str(REPO_ROOT / 'bench')!r}); import serving; "
+        f"print(json.dumps(serving.measure({engine!r}, {str(model_path)!r}, {str(images_path)!r}, {calls:d})))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_environment())
     if result.returncode != 0:
@@ -100,14 +112,20 @@ def measure_in_subprocess(engine: str, model_path: Path, images_path: Path, call
 
 
 def _environment() -> dict:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def main() -> None:
     import numpy as np
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="A finished run (kcv fit), e.g. of recipes/cifar10_baseline.py --smoke.")
+    parser.add_argument(
+        "run_dir", type=Path, help="A finished run (kcv fit), e.g. of recipes/cifar10_baseline.py --smoke."
+    )
     parser.add_argument("--calls", type=int, default=200, help="Timed calls per engine and batch size.")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "serving.json")
     arguments = parser.parse_args()
@@ -116,20 +134,35 @@ def main() -> None:
     height, width = model_info["image_size"]
     with tempfile.TemporaryDirectory(prefix="kcv-bench-serving-") as folder:
         base = Path(folder) / "saved_models"
-        paths = {"savedmodel": export(arguments.run_dir, base, "savedmodel"), "onnx": export(arguments.run_dir, base, "onnx")}
+        paths = {
+            "savedmodel": export(arguments.run_dir, base, "savedmodel"),
+            "onnx": export(arguments.run_dir, base, "onnx"),
+        }
         images_path = Path(folder) / "images.npz"
-        images = np.random.default_rng(0).integers(0, 256, size=(max(BATCH_SIZES), height, width, model_info["channels"]), dtype=np.uint8)
+        images = np.random.default_rng(0).integers(
+            0, 256, size=(max(BATCH_SIZES), height, width, model_info["channels"]), dtype=np.uint8
+        )
         np.savez(images_path, images=images)
-        measured = {engine: measure_in_subprocess(engine, path, images_path, arguments.calls) for engine, path in paths.items()}
+        measured = {
+            engine: measure_in_subprocess(engine, path, images_path, arguments.calls) for engine, path in paths.items()
+        }
 
     agreement = max(
-        float(np.abs(np.array(measured["onnx"]["probabilities"][key]) - np.array(measured["savedmodel"]["probabilities"][key])).max())
+        float(
+            np.abs(
+                np.array(measured["onnx"]["probabilities"][key])
+                - np.array(measured["savedmodel"]["probabilities"][key])
+            ).max()
+        )
         for key in measured["onnx"]["probabilities"]
     )
     print(f"{'engine':<12} {'batch':>5} {'p50 ms':>9} {'p99 ms':>9} {'images/s':>10}")
     for engine, result in measured.items():
         for batch_size, figures in result["batches"].items():
-            print(f"{engine:<12} {batch_size:>5} {figures['p50_ms']:>9.3f} {figures['p99_ms']:>9.3f} {figures['images_per_second']:>10.1f}")
+            print(
+                f"{engine:<12} {batch_size:>5} {figures['p50_ms']:>9.3f} {figures['p99_ms']:>9.3f} "
+                f"{figures['images_per_second']:>10.1f}"
+            )
     ratios = {}
     for batch_size in map(str, BATCH_SIZES):
         onnx, saved = measured["onnx"]["batches"][batch_size], measured["savedmodel"]["batches"][batch_size]
@@ -138,16 +171,21 @@ def main() -> None:
             "p50": onnx["p50_ms"] / saved["p50_ms"],
             "p99": onnx["p99_ms"] / saved["p99_ms"],
         }
-        print(f"onnx / savedmodel at batch {batch_size}: {ratios[batch_size]['images_per_second']:.2f}x the images/s, p50 {ratios[batch_size]['p50']:.2f}x, p99 {ratios[batch_size]['p99']:.2f}x")
+        print(
+            f"onnx / savedmodel at batch {batch_size}: {ratios[batch_size]['images_per_second']:.2f}x the images/s, "
+            f"p50 {ratios[batch_size]['p50']:.2f}x, p99 {ratios[batch_size]['p99']:.2f}x"
+        )
     print(f"largest difference of the two engines' probabilities: {agreement:.2e}")
 
     for result in measured.values():
         del result["probabilities"]
     results = {
         "run": str(arguments.run_dir.resolve()),
-        "model": f"{json.loads((arguments.run_dir / 'config.json').read_text())['model']['name']}, {height}x{width}x{model_info['channels']}",
-        # The machine is shared: the load average says how busy it was (other work included).
-        "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(), "load_average_1_5_15_min": list(os.getloadavg())},
+        "model": (
+            f"{json.loads((arguments.run_dir / 'config.json').read_text())['model']['name']}, "
+            f"{height}x{width}x{model_info['channels']}"
+        ),
+        "machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "engines": measured,
         "ratio_onnx_over_savedmodel": ratios,
         "max_probability_difference": agreement,

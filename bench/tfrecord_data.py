@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 BATCH_SIZE = 128
 
 
@@ -29,8 +28,8 @@ def jpeg_folder(archive: Path) -> Path:
 
 def cifar10_records(archive: Path) -> Path:
     """The copy converted by kcv convert once, into kcv's cache; a rerun finds it (or resumes it)."""
+    from kerascv_app.data.convert import convert
     from kerascv_app.data.folder import cache_dir
-    from kerascv_app.data.tfrecord import convert
 
     directory = cache_dir() / "bench" / f"{archive.name.split('.')[0]}-tfrecord"
     convert(f"folder:{jpeg_folder(archive)}", directory, shards=0, workers=2, show_progress=True)
@@ -70,8 +69,12 @@ def measure_epoch(source: str, epochs: int) -> dict:
             images += int(batch.shape[0])
         seconds = time.perf_counter() - start
     return {
-        "source": source, "images": images, "seconds": round(seconds, 2), "images_per_second": round(images / seconds),
-        "peak_rss_mb": round(peak_rss_megabytes()), "rss_after_loading_mb": round(loaded_rss),
+        "source": source,
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(images / seconds),
+        "peak_rss_mb": round(peak_rss_megabytes()),
+        "rss_after_loading_mb": round(loaded_rss),
     }
 
 

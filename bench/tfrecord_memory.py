@@ -1,6 +1,6 @@
 """Peak memory of one epoch over TFRecord shards of N and of 10N images (target: at most 1.3x).
 
-    python bench/tfrecord_memory.py [--archive ../shared/data/cifar10-jpeg.tar.gz] [--copies 10]
+    python bench/tfrecord_memory.py --data PATH [--copies 10]
 
 N is the CIFAR-10 JPEG copy's 50,000 training images, converted once by kcv convert. The
 10N dataset is the same shards listed ten times (symbolic links, each record keeping its
@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
-from tfrecord_data import DEFAULT_ARCHIVE, cifar10_records, measure_in_fresh_process
+from cifar10_jpeg import add_data_argument
+from tfrecord_data import cifar10_records, measure_in_fresh_process
 
 TARGET_RATIO = 1.3
 
@@ -43,7 +43,14 @@ def repeated_records(directory: Path, copies: int) -> Path:
             shards.append({"file": name, "count": shard["count"]})
     labels = np.tile(np.load(directory / train["labels_file"]), copies)
     np.save(target / "train-labels.npy", labels)
-    metadata["splits"] = {"train": {**train, "count": int(len(labels)), "shards": shards, "class_counts": (np.array(train["class_counts"]) * copies).tolist()}}
+    metadata["splits"] = {
+        "train": {
+            **train,
+            "count": int(len(labels)),
+            "shards": shards,
+            "class_counts": (np.array(train["class_counts"]) * copies).tolist(),
+        }
+    }
     metadata["fingerprint"] = f"{metadata['fingerprint']}-x{copies}"
     (target / "metadata.json").write_text(json.dumps(metadata))
     return target
@@ -51,7 +58,7 @@ def repeated_records(directory: Path, copies: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    add_data_argument(parser)
     parser.add_argument("--copies", type=int, default=10)
     arguments = parser.parse_args()
     records = cifar10_records(arguments.archive)
@@ -59,7 +66,10 @@ def main() -> None:
     large = measure_in_fresh_process(f"tfrecord:{repeated_records(records, arguments.copies)}")
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     for label, record in (("N", small), (f"{arguments.copies}N", large)):
-        print(f"{label:>4}: {record['images']:>7} images in {record['seconds']:6.1f} s, peak RSS {record['peak_rss_mb']} MB (after loading: {record['rss_after_loading_mb']} MB)")
+        print(
+            f"{label:>4}: {record['images']:>7} images in {record['seconds']:6.1f} s, peak RSS "
+            f"{record['peak_rss_mb']} MB (after loading: {record['rss_after_loading_mb']} MB)"
+        )
     print(f"peak RSS ratio {arguments.copies}N / N: {ratio:.2f} (target at most {TARGET_RATIO})")
 
 

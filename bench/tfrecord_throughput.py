@@ -1,6 +1,6 @@
 """Images/s read, decoded and augmented from TFRecord shards against from a folder of JPEGs.
 
-    python bench/tfrecord_throughput.py [--archive ../shared/data/cifar10-jpeg.tar.gz] [--rounds 2]
+    python bench/tfrecord_throughput.py --data PATH [--rounds 2]
 
 The same 50,000 CIFAR-10 training images (the JPEG copy), as its extracted folder and as
 shards written by kcv convert, each streamed through the real training pipeline (cache
@@ -15,22 +15,28 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from pathlib import Path
 
-from tfrecord_data import DEFAULT_ARCHIVE, cifar10_records, jpeg_folder, measure_in_fresh_process
+from cifar10_jpeg import add_data_argument
+from tfrecord_data import cifar10_records, jpeg_folder, measure_in_fresh_process
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    add_data_argument(parser)
     parser.add_argument("--rounds", type=int, default=2)
     arguments = parser.parse_args()
-    sources = {"folder of JPEGs": f"folder:{jpeg_folder(arguments.archive)}", "TFRecord shards": f"tfrecord:{cifar10_records(arguments.archive)}"}
+    sources = {
+        "folder of JPEGs": f"folder:{jpeg_folder(arguments.archive)}",
+        "TFRecord shards": f"tfrecord:{cifar10_records(arguments.archive)}",
+    }
     rates: dict[str, list[int]] = {name: [] for name in sources}
     for _ in range(arguments.rounds):
         for name, source in sources.items():
             rates[name].append(measure_in_fresh_process(source, epochs=2)["images_per_second"])
-    print(f"{os.cpu_count()} CPU cores; images/s, median of {arguments.rounds} (each round: {', '.join(f'{name} {values[-1]}' for name, values in rates.items())})")
+    print(
+        f"{os.cpu_count()} CPU cores; images/s, median of {arguments.rounds} (each round: "
+        f"{', '.join(f'{name} {values[-1]}' for name, values in rates.items())})"
+    )
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, median in medians.items():
         print(f"{name:>16}: {median:8.0f} images/s")

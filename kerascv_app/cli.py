@@ -23,13 +23,21 @@ from rich.table import Table
 
 from kerascv_app.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Image classification with Keras 3 on TensorFlow, JAX or PyTorch.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Image classification with Keras 3 on TensorFlow, JAX or PyTorch."
+)
 console = Console()
 error_console = Console(stderr=True)
 
 
 @app.callback()
-def _options(verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' own start-up logging (TensorFlow's C++ lines); also KCV_VERBOSE=1.")):
+def _options(
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="Show the libraries' own start-up logging (TensorFlow's C++ lines); also KCV_VERBOSE=1.",
+    ),
+):
     """Image classification with Keras 3 on TensorFlow, JAX or PyTorch."""
     import os
 
@@ -52,10 +60,17 @@ class Precision(str, Enum):
 
 
 BACKEND_OPTION = typer.Option(None, "--backend", help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")
-DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Where the recipe's named source keeps its files (or downloads them).")
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", help="Where the recipe's named source keeps its files (or downloads them)."
+)
 DATA_OPTION = typer.Option(
-    None, "--data",
-    help="The data to use instead of the recipe's: a path whose format is detected (CIFAR archive or batches, image folder or its .tar/.tar.gz, IDX files, kcv convert folder, TFDS data folder), or a data.source spelling (cifar10, folder:PATH, ...).",
+    None,
+    "--data",
+    help=(
+        "The data to use instead of the recipe's: a path whose format is detected (CIFAR "
+        "archive or batches, image folder or its .tar/.tar.gz, IDX files, kcv convert "
+        "folder, TFDS data folder), or a data.source spelling (cifar10, folder:PATH, ...)."
+    ),
 )
 
 
@@ -79,11 +94,22 @@ def fit(
 
     if resume is not None:
         # A resumed run trains what it started with: what would change it is refused.
-        changed = [name for name, given in (("a RECIPE", recipe is not None), ("--set", bool(overrides)), ("--seed", seed is not None), ("--precision", precision is not None), ("--smoke", smoke)) if given]
+        changed = [
+            name
+            for name, given in (
+                ("a RECIPE", recipe is not None),
+                ("--set", bool(overrides)),
+                ("--seed", seed is not None),
+                ("--precision", precision is not None),
+                ("--smoke", smoke),
+            )
+            if given
+        ]
         if changed:
             raise UserError(
                 f"kcv fit --resume trains the run as it started, so it does not take {', '.join(changed)}: "
-                "only --data-dir (the same data moved), --backend (the run's own) and --quiet may be given; to change settings, train a new run"
+                "only --data-dir (the same data moved), --backend (the run's own) "
+                "and --quiet may be given; to change settings, train a new run"
             )
         run = RunDirectory.open(resume)
         recorded_backend = run.read_json("environment.json").get("backend")
@@ -129,7 +155,9 @@ def fit_summary(run) -> list[str]:
                     pass
     if seconds:
         images = sum(rate * second for rate, second in zip(rates, seconds))
-        lines.append(f"  training   {sum(seconds):.1f} s over {len(seconds)} epochs, {images / sum(seconds):,.0f} images/s")
+        lines.append(
+            f"  training   {sum(seconds):.1f} s over {len(seconds)} epochs, {images / sum(seconds):,.0f} images/s"
+        )
     skipped = run.read_json("environment.json").get("skipped_files") or []
     if skipped:
         lines.append(f"  skipped    {len(skipped)} unreadable image file(s), listed in {run.file('environment.json')}")
@@ -182,10 +210,21 @@ def _resolved_config(recipe: Path, overrides, precision, seed, smoke):
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory (kcv fit) or an ensemble directory (kcv ensemble)."),
     backend: Optional[Backend] = BACKEND_OPTION,
-    data: Optional[str] = typer.Option(None, "--data", help="Where the run's data is now: a path (format detected) or a data.source spelling; its test images must be the run's."),
+    data: Optional[str] = typer.Option(
+        None,
+        "--data",
+        help=(
+            "Where the run's data is now: a path (format detected) or "
+            "a data.source spelling; its test images must be the run's."
+        ),
+    ),
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average the logits of each image, its mirror and one-pixel shifts."),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Test-time augmentation: average the logits of each image, its mirror and one-pixel shifts.",
+    ),
 ):
     """Recompute a run's (or an ensemble's) test metrics from its saved model."""
     from kerascv_app.backend import select_backend
@@ -229,7 +268,13 @@ def runs(runs_dir: Path = typer.Argument(Path("runs"), help="The folder given to
         except ValueError:
             record, status = {}, "corrupt"
         accuracy = record.get("test_accuracy")
-        table.add_row(run.path.name, str(record.get("recipe", "?")), str(record.get("backend", "?")), status, f"{accuracy:.4f}" if accuracy is not None and status == "finished" else "-")
+        table.add_row(
+            run.path.name,
+            str(record.get("recipe", "?")),
+            str(record.get("backend", "?")),
+            status,
+            f"{accuracy:.4f}" if accuracy is not None and status == "finished" else "-",
+        )
     console.print(table)
 
 
@@ -245,15 +290,30 @@ class TestTimeAugmentation(str, Enum):
 
 @app.command()
 def ensemble(
-    run_dirs: Optional[list[Path]] = typer.Argument(None, help="Finished run directories (default: every finished run in --runs-dir that matches the newest)."),
+    run_dirs: Optional[list[Path]] = typer.Argument(
+        None, help="Finished run directories (default: every finished run in --runs-dir that matches the newest)."
+    ),
     average: bool = typer.Option(False, "--average", help="The mean of the members' probabilities."),
     weighted: bool = typer.Option(False, "--weighted", help="A weighted mean, weights fitted on validation log-loss."),
-    stacking: bool = typer.Option(False, "--stacking", help="A meta-learner trained on the members' validation log-probabilities (the weighted average instead, said in one line, when it does not beat it out of fold)."),
+    stacking: bool = typer.Option(
+        False,
+        "--stacking",
+        help=(
+            "A meta-learner trained on the members' validation log-probabilities (the weighted "
+            "average instead, said in one line, when it does not beat it out of fold)."
+        ),
+    ),
     meta: Optional[MetaLearner] = typer.Option(None, "--meta", help="The stacking meta-learner (default: logistic)."),
-    tta: Optional[TestTimeAugmentation] = typer.Option(None, "--tta", help="flip: average each member over the image and its mirror."),
+    tta: Optional[TestTimeAugmentation] = typer.Option(
+        None, "--tta", help="flip: average each member over the image and its mirror."
+    ),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to find members when none is named."),
-    out: Optional[Path] = typer.Option(None, "--out", help="The ensemble directory (default: ensembles/<method>-<timestamp>)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the images are, for --tta (default: where the members read them)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="The ensemble directory (default: ensembles/<method>-<timestamp>)."
+    ),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Where the images are, for --tta (default: where the members read them)."
+    ),
     backend: Optional[Backend] = BACKEND_OPTION,
 ):
     """Combine finished runs into one model: average, weighted average or stacking."""
@@ -267,7 +327,12 @@ def ensemble(
         members = members_from_paths(run_dirs)
     else:
         members, skipped = members_from_runs_folder(runs_dir)
-        console.print(f"members: the {len(members)} finished runs in {runs_dir} that share the data, classes and splits of the newest", highlight=False, soft_wrap=True)
+        console.print(
+            f"members: the {len(members)} finished runs in {runs_dir} "
+            "that share the data, classes and splits of the newest",
+            highlight=False,
+            soft_wrap=True,
+        )
         for member in members:
             console.print(f"  {member.path}", highlight=False, soft_wrap=True)
         for path, reason in skipped:
@@ -277,22 +342,49 @@ def ensemble(
 
     label = method_label(method, meta_learner_name) + (f"-tta-{tta.value}" if tta else "")
     destination = out if out is not None else default_ensemble_path(label)
-    result = build_ensemble(members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir)
+    result = build_ensemble(
+        members, method, meta_learner_name, tta.value if tta else None, destination, chosen, data_dir
+    )
     if result.combination.fallback:
         console.print(f"note: {result.combination.fallback}", highlight=False, soft_wrap=True)
     if result.combination.weights is not None:
-        console.print("weights: " + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)), highlight=False, soft_wrap=True)
+        console.print(
+            "weights: "
+            + ", ".join(f"{member.name} {weight:.4f}" for member, weight in zip(members, result.combination.weights)),
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.combination.exportable:
-        console.print(f"note: --meta {meta_learner_name} is not expressible as Keras layers: no model.keras; the meta-learner is in meta_learner.joblib")
+        console.print(
+            f"note: --meta {meta_learner_name} is not expressible as Keras "
+            "layers: no model.keras; the meta-learner is in meta_learner.joblib"
+        )
     console.print(comparison_table(result.metrics))
-    console.print(f"ensemble [bold]{result.path}[/bold] written: test accuracy {result.metrics['test'].get('accuracy', float('nan')):.4f}")
+    console.print(
+        f"ensemble [bold]{result.path}[/bold] written: test accuracy "
+        f"{result.metrics['test'].get('accuracy', float('nan')):.4f}"
+    )
 
 
 @app.command()
 def convert(
-    source: str = typer.Argument(..., help="A path (its format detected, as kcv fit --data does) or any data.source: folder:PATH, cifar10:PATH, idx:DIR, tfds:NAME, digits, ..."),
-    to: Path = typer.Option(..., "--to", help="The folder for the shards and metadata.json: new, empty, or an unfinished conversion to resume."),
-    shards: int = typer.Option(0, "--shards", help="Shards of the training split (default: one per 1,024 images); other splits get shards in proportion."),
+    source: str = typer.Argument(
+        ...,
+        help=(
+            "A path (its format detected, as kcv fit --data does) or any "
+            "data.source: folder:PATH, cifar10:PATH, idx:DIR, tfds:NAME, digits, ..."
+        ),
+    ),
+    to: Path = typer.Option(
+        ...,
+        "--to",
+        help="The folder for the shards and metadata.json: new, empty, or an unfinished conversion to resume.",
+    ),
+    shards: int = typer.Option(
+        0,
+        "--shards",
+        help="Shards of the training split (default: one per 1,024 images); other splits get shards in proportion.",
+    ),
     workers: int = typer.Option(4, "--workers", help="Shards written at once."),
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
@@ -302,17 +394,24 @@ def convert(
 
     # Only TensorFlow (tf.data, the record writer) is used; this keeps it quiet and off the GPU.
     select_backend()
+    from kerascv_app.data.convert import convert as convert_source
     from kerascv_app.data.sources import resolve_data_option
-    from kerascv_app.data.tfrecord import convert as convert_source
 
     detected = resolve_data_option(source)
     source, data_dir = detected.source, detected.data_dir if detected.data_dir is not None else data_dir
     result = convert_source(source, to, data_dir, shards=shards, workers=workers, show_progress=not quiet)
     counts = ", ".join(f"{count} {split}" for split, count in result.counts.items())
     kept = f", {result.shards_kept} kept from before" if result.shards_kept else ""
-    console.print(f"converted [bold]{result.directory}[/bold]: {counts} images; {result.shards_written} shards written{kept}", highlight=False, soft_wrap=True)
+    console.print(
+        f"converted [bold]{result.directory}[/bold]: {counts} images; {result.shards_written} shards written{kept}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.skipped_files:
-        console.print(f"skipped {len(result.skipped_files)} unreadable file(s) of the source (listed in metadata.json)", highlight=False)
+        console.print(
+            f"skipped {len(result.skipped_files)} unreadable file(s) of the source (listed in metadata.json)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -336,12 +435,26 @@ def models():
 @app.command()
 def export(
     model_dir: Path = typer.Argument(..., help="A run directory (kcv fit) or an ensemble directory (kcv ensemble)."),
-    name: Optional[str] = typer.Option(None, "--name", help="The model's name under --base (default: the recipe's name, i.e. the folder's name without its timestamp)."),
-    version: Optional[int] = typer.Option(None, "--version", help="The version number (default: one more than the highest under --base/NAME)."),
+    name: Optional[str] = typer.Option(
+        None,
+        "--name",
+        help=(
+            "The model's name under --base (default: the recipe's name, i.e. the folder's name without its timestamp)."
+        ),
+    ),
+    version: Optional[int] = typer.Option(
+        None, "--version", help="The version number (default: one more than the highest under --base/NAME)."
+    ),
     base: Path = typer.Option(Path("saved_models"), "--base", help="TF Serving's model base path."),
-    export_format: str = typer.Option("savedmodel", "--format", help="savedmodel: BASE/NAME/N for TF Serving; onnx: BASE/onnx/NAME/N/model.onnx for onnxruntime."),
+    export_format: str = typer.Option(
+        "savedmodel",
+        "--format",
+        help="savedmodel: BASE/NAME/N for TF Serving; onnx: BASE/onnx/NAME/N/model.onnx for onnxruntime.",
+    ),
 ):
-    """Export a SavedModel for TF Serving (or model.onnx): built aside, verified without Keras, then renamed into place."""
+    """Export a SavedModel for TF Serving (or model.onnx): built aside, verified without Keras, then renamed
+    into place.
+    """
     from kerascv_app.backend import select_backend
     from kerascv_app.ensemble.directory import is_ensemble_directory, refuse_ensemble_without_model
     from kerascv_app.export.atomic import export_model, format_steps, use_cpu_only
@@ -355,19 +468,29 @@ def export(
     # The reference probabilities come from the backend the model was trained with.
     select_backend(model_directory.backend)
     result = export_model(model_directory, base, name, version, export_format)
-    console.print(f"exported [bold]{result.path}[/bold]: probabilities within {result.max_difference:.1e} of the Keras model's", highlight=False, soft_wrap=True)
+    console.print(
+        f"exported [bold]{result.path}[/bold]: probabilities within {result.max_difference:.1e} of the Keras model's",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., help="A run directory, an ensemble directory, an exported version folder (saved_models/NAME/N) or a model.onnx (or its folder, saved_models/onnx/NAME/N)."),
+    model: Path = typer.Argument(
+        ...,
+        help=(
+            "A run directory, an ensemble directory, an exported version folder "
+            "(saved_models/NAME/N) or a model.onnx (or its folder, saved_models/onnx/NAME/N)."
+        ),
+    ),
     images: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP or GIF) of any size."),
     top_k: int = typer.Option(5, "--top-k", help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     backend: Optional[Backend] = BACKEND_OPTION,
 ):
     """Predict the classes of image files; unreadable files are listed and give exit code 2."""
-    from kerascv_app.export.predict import is_onnx_model, prediction_table, predict_images
+    from kerascv_app.export.predict import is_onnx_model, predict_images, prediction_table
 
     # An ONNX model runs with onnxruntime alone: no backend is chosen, TensorFlow and Keras
     # are never imported (they need not even be installed).
@@ -384,7 +507,10 @@ def predict(
     for unreadable in report.unreadable:
         error_console.print(f"cannot read {unreadable.path}: {unreadable.reason}", highlight=False, soft_wrap=True)
     if report.unreadable:
-        raise UserError(f"{len(report.unreadable)} of {len(images)} images could not be read (listed above); the others were predicted")
+        raise UserError(
+            f"{len(report.unreadable)} of {len(images)} images could "
+            "not be read (listed above); the others were predicted"
+        )
 
 
 @app.command()
@@ -407,16 +533,24 @@ def preview(
     config, _ = _resolved_config(recipe, overrides, None, seed, False)
     config, data_dir = _with_data(config, data, data_dir, overrides)
     path = write_preview(config, data_dir, count, out)
-    console.print(f"wrote [bold]{path}[/bold]: training images of {config.name}, each above its augmented version", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote [bold]{path}[/bold]: training images of {config.name}, each above its augmented version",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 def report(
     dirs: list[Path] = typer.Argument(..., help="One run or ensemble directory, or several to compare."),
-    out: Optional[Path] = typer.Option(None, "--out", help="The HTML file (default: DIR/report.html for one directory, report.html for several)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="The HTML file (default: DIR/report.html for one directory, report.html for several)."
+    ),
     data_dir: Optional[Path] = DATA_DIR_OPTION,
     top_losses: int = typer.Option(24, "--top-losses", help="Test images with the highest loss to show (0: none)."),
-    gradcam: int = typer.Option(8, "--gradcam", help="Test images with a Grad-CAM map, wrong and right ones (0: none)."),
+    gradcam: int = typer.Option(
+        8, "--gradcam", help="Test images with a Grad-CAM map, wrong and right ones (0: none)."
+    ),
     preview: int = typer.Option(16, "--preview", help="Training images in the augmentation preview (0: none)."),
 ):
     """Write one self-contained HTML page: a run's or ensemble's figures and failures, or a comparison."""
@@ -465,7 +599,12 @@ def main() -> None:
             raise
         from kerascv_app.runs import failure_reason
 
-        error_console.print(f"[bold red]error:[/bold red] {failure_reason(error)} (an unexpected failure: set KCV_VERBOSE=1 to see the traceback)", highlight=False, soft_wrap=True)
+        error_console.print(
+            f"[bold red]error:[/bold red] {failure_reason(error)} (an "
+            "unexpected failure: set KCV_VERBOSE=1 to see the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)
 
 

@@ -93,14 +93,29 @@ class DataConfig(_Section):
     labelled_per_class: int = 0
 
     def _validate(self):
-        _check(len(self.image_size) == 2 and min(self.image_size) > 0, "data.image_size", self.image_size, "two positive integers, e.g. 32,32")
+        _check(
+            len(self.image_size) == 2 and min(self.image_size) > 0,
+            "data.image_size",
+            self.image_size,
+            "two positive integers, e.g. 32,32",
+        )
         _check(self.channels in (1, 3), "data.channels", self.channels, "1 or 3")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a fraction in [0, 1)")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a fraction in (0, 1)")
         _check(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
         _check(self.shuffle_buffer > 0, "data.shuffle_buffer", self.shuffle_buffer, "a positive integer")
-        _check(self.max_train >= 0 and self.max_eval >= 0, "data.max_train/max_eval", (self.max_train, self.max_eval), "0 (all) or a positive count")
-        _check(self.labelled_per_class >= 0, "data.labelled_per_class", self.labelled_per_class, "0 (all) or a positive count per class")
+        _check(
+            self.max_train >= 0 and self.max_eval >= 0,
+            "data.max_train/max_eval",
+            (self.max_train, self.max_eval),
+            "0 (all) or a positive count",
+        )
+        _check(
+            self.labelled_per_class >= 0,
+            "data.labelled_per_class",
+            self.labelled_per_class,
+            "0 (all) or a positive count per class",
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +136,12 @@ class AugmentConfig(_Section):
 
     def _validate(self):
         _check(self.placement in PLACEMENTS, "augment.placement", self.placement, "'pipeline' or 'device'")
-        _check(self.normalization in NORMALIZATIONS, "augment.normalization", self.normalization, ", ".join(repr(name) for name in NORMALIZATIONS))
+        _check(
+            self.normalization in NORMALIZATIONS,
+            "augment.normalization",
+            self.normalization,
+            ", ".join(repr(name) for name in NORMALIZATIONS),
+        )
 
 
 NORMALIZATIONS = ("symmetric", "unit", "none", "imagenet")
@@ -167,9 +187,24 @@ class ModelConfig(_Section):
         _check(self.depth > 0, "model.depth", self.depth, "a positive integer")
         _check(self.hidden_units > 0, "model.hidden_units", self.hidden_units, "a positive integer")
         kind, _, argument = self.backbone.partition(":")
-        _check(not self.backbone or (kind in ("run", "keras", "hub") and argument), "model.backbone", self.backbone, "'' (none), run:PATH, run:latest:RECIPE, keras:NAME, hub:PRESET or hub:PATH")
-        _check(not self.backbone_weights or kind == "keras", "model.backbone_weights", self.backbone_weights, "'' unless model.backbone is keras:NAME (run and hub backbones bring their own weights)")
-        _check(not self.feature_layer or bool(self.backbone), "model.feature_layer", self.feature_layer, "'' unless model.backbone is set")
+        _check(
+            not self.backbone or (kind in ("run", "keras", "hub") and argument),
+            "model.backbone",
+            self.backbone,
+            "'' (none), run:PATH, run:latest:RECIPE, keras:NAME, hub:PRESET or hub:PATH",
+        )
+        _check(
+            not self.backbone_weights or kind == "keras",
+            "model.backbone_weights",
+            self.backbone_weights,
+            "'' unless model.backbone is keras:NAME (run and hub backbones bring their own weights)",
+        )
+        _check(
+            not self.feature_layer or bool(self.backbone),
+            "model.feature_layer",
+            self.feature_layer,
+            "'' unless model.backbone is set",
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +216,9 @@ class TrainConfig(_Section):
     learning_rate: float = 0.01  # peak rate, per batch of data.batch_size images
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0  # decoupled, applied by the optimizer; the fast loop adds it to the gradient (L2, PyTorch's SGD)
+    weight_decay: float = (
+        0.0  # decoupled, applied by the optimizer; the fast loop adds it to the gradient (L2, PyTorch's SGD)
+    )
     schedule: str = "constant"  # constant | cosine | onecycle | linear
     warmup_epochs: float = 0.0  # linear warm-up for cosine and linear
     label_smoothing: float = 0.0
@@ -192,7 +229,7 @@ class TrainConfig(_Section):
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     # auto: none on one device, MirroredStrategy (TensorFlow) or DataParallel (JAX) on several GPUs,
     # MultiWorkerMirroredStrategy when TF_CONFIG names several workers, DataParallel over every
-    # process's devices when KERAS_DISTRIBUTION_NUM_PROCESSES > 1 (JAX). See kerascv_app/backend.py.
+    # process's devices when KERAS_DISTRIBUTION_NUM_PROCESSES > 1 (JAX). See kerascv_app/distribution.py.
     distribution: str = "auto"  # auto | none | mirrored | multi_worker_mirrored | data_parallel
     # false: data.batch_size is the global batch, split across the replicas, and results match
     # one device's. true: data.batch_size is per replica, so the global batch is
@@ -245,42 +282,117 @@ class TrainConfig(_Section):
     # with jax, off with torch); "true" forces it (XLA on tensorflow, torch.compile on torch),
     # "false" turns it off. Measured on the 2-core CPU (bench/jit_compile.py): XLA made the
     # tensorflow step 8x slower; torch.compile's steady step was 0.69x the eager one but it
-    # compiles for minutes first, so it only pays on long runs. See README "Benchmarks".
+    # compiles for minutes first, so it only pays on long runs. See docs/benchmarks.md.
     jit_compile: str = "auto"
 
     def _validate(self):
-        _check(self.jit_compile in ("auto", "true", "false"), "train.jit_compile", self.jit_compile, "'auto', 'true' or 'false'")
+        _check(
+            self.jit_compile in ("auto", "true", "false"),
+            "train.jit_compile",
+            self.jit_compile,
+            "'auto', 'true' or 'false'",
+        )
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
         _check(self.optimizer in ("sgd", "adamw"), "train.optimizer", self.optimizer, "'sgd' or 'adamw'")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a value in [0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "a non-negative factor")
-        _check(self.schedule in ("constant", "cosine", "onecycle", "linear"), "train.schedule", self.schedule, "'constant', 'cosine', 'onecycle' or 'linear'")
-        _check(0.0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0, "train.warmup_epochs", self.warmup_epochs, "fewer epochs than train.epochs")
+        _check(
+            self.schedule in ("constant", "cosine", "onecycle", "linear"),
+            "train.schedule",
+            self.schedule,
+            "'constant', 'cosine', 'onecycle' or 'linear'",
+        )
+        _check(
+            0.0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+            "train.warmup_epochs",
+            self.warmup_epochs,
+            "fewer epochs than train.epochs",
+        )
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a value in [0, 1)")
-        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience, "0 (off) or a positive number of epochs")
+        _check(
+            self.early_stopping_patience >= 0,
+            "train.early_stopping_patience",
+            self.early_stopping_patience,
+            "0 (off) or a positive number of epochs",
+        )
         _check(self.precision in PRECISIONS, "train.precision", self.precision, " or ".join(PRECISIONS))
         _check(self.distribution in DISTRIBUTIONS, "train.distribution", self.distribution, ", ".join(DISTRIBUTIONS))
         _check(self.loop in ("keras", "fast"), "train.loop", self.loop, "'keras' or 'fast'")
-        _check(self.bias_learning_rate_scale > 0, "train.bias_learning_rate_scale", self.bias_learning_rate_scale, "a positive factor")
-        _check(0.0 <= self.lookahead_decay < 1.0, "train.lookahead_decay", self.lookahead_decay, "0 (off) or a decay in (0, 1)")
-        _check(self.lookahead_start_epoch >= 0, "train.lookahead_start_epoch", self.lookahead_start_epoch, "a 0-based epoch number")
-        _check(self.whitening_bias_epochs >= 0, "train.whitening_bias_epochs", self.whitening_bias_epochs, "0 (always learns) or a positive number of epochs")
+        _check(
+            self.bias_learning_rate_scale > 0,
+            "train.bias_learning_rate_scale",
+            self.bias_learning_rate_scale,
+            "a positive factor",
+        )
+        _check(
+            0.0 <= self.lookahead_decay < 1.0,
+            "train.lookahead_decay",
+            self.lookahead_decay,
+            "0 (off) or a decay in (0, 1)",
+        )
+        _check(
+            self.lookahead_start_epoch >= 0,
+            "train.lookahead_start_epoch",
+            self.lookahead_start_epoch,
+            "a 0-based epoch number",
+        )
+        _check(
+            self.whitening_bias_epochs >= 0,
+            "train.whitening_bias_epochs",
+            self.whitening_bias_epochs,
+            "0 (always learns) or a positive number of epochs",
+        )
         if self.loop == "fast":
             # The fast loop adds weight decay to SGD's gradient and has no loss scaling.
             _check(self.optimizer == "sgd", "train.optimizer", self.optimizer, "'sgd' with train.loop = 'fast'")
-            _check(self.precision != "mixed_float16", "train.precision", self.precision, "float32 or mixed_bfloat16 with train.loop = 'fast' (it has no loss scaling)")
-            _check(self.distribution in ("auto", "none"), "train.distribution", self.distribution, "'auto' or 'none' with train.loop = 'fast' (one device)")
-        _check(self.fine_tune_epochs >= 0, "train.fine_tune_epochs", self.fine_tune_epochs, "0 (no stage 2) or a positive number of epochs")
-        _check(self.fine_tune_learning_rate > 0, "train.fine_tune_learning_rate", self.fine_tune_learning_rate, "a positive rate")
-        _check(self.unfreeze_top >= 0, "train.unfreeze_top", self.unfreeze_top, "0 (the whole backbone) or a positive number of blocks")
+            _check(
+                self.precision != "mixed_float16",
+                "train.precision",
+                self.precision,
+                "float32 or mixed_bfloat16 with train.loop = 'fast' (it has no loss scaling)",
+            )
+            _check(
+                self.distribution in ("auto", "none"),
+                "train.distribution",
+                self.distribution,
+                "'auto' or 'none' with train.loop = 'fast' (one device)",
+            )
+        _check(
+            self.fine_tune_epochs >= 0,
+            "train.fine_tune_epochs",
+            self.fine_tune_epochs,
+            "0 (no stage 2) or a positive number of epochs",
+        )
+        _check(
+            self.fine_tune_learning_rate > 0,
+            "train.fine_tune_learning_rate",
+            self.fine_tune_learning_rate,
+            "a positive rate",
+        )
+        _check(
+            self.unfreeze_top >= 0,
+            "train.unfreeze_top",
+            self.unfreeze_top,
+            "0 (the whole backbone) or a positive number of blocks",
+        )
         parse_checkpoint_every(self.checkpoint_every)
         _check(0.0 <= self.ema < 1.0, "train.ema", self.ema, "0 (off) or a momentum in (0, 1), e.g. 0.999")
-        _check(self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", self.gradient_accumulation_steps, "1 (off) or a positive number of batches")
+        _check(
+            self.gradient_accumulation_steps >= 1,
+            "train.gradient_accumulation_steps",
+            self.gradient_accumulation_steps,
+            "1 (off) or a positive number of batches",
+        )
         _check(self.clip_norm >= 0.0, "train.clip_norm", self.clip_norm, "0 (off) or a positive norm")
         if self.loop == "fast":
             for name, off in (("ema", 0.0), ("gradient_accumulation_steps", 1), ("clip_norm", 0.0)):
-                _check(getattr(self, name) == off, f"train.{name}", getattr(self, name), f"{off} with train.loop = 'fast' (a Keras optimizer option, which the fast loop does not use)")
+                _check(
+                    getattr(self, name) == off,
+                    f"train.{name}",
+                    getattr(self, name),
+                    f"{off} with train.loop = 'fast' (a Keras optimizer option, which the fast loop does not use)",
+                )
 
 
 def parse_checkpoint_every(text: str) -> tuple[int | None, float | None]:
@@ -294,7 +406,10 @@ def parse_checkpoint_every(text: str) -> tuple[int | None, float | None]:
             return int(number), None
         if unit is not None and number > 0:
             return None, number * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
-    raise UserError(f"train.checkpoint_every = {text!r} is invalid: expected a number of steps (e.g. 500) or a time (e.g. 10min, 30s)")
+    raise UserError(
+        f"train.checkpoint_every = {text!r} is invalid: expected "
+        "a number of steps (e.g. 500) or a time (e.g. 10min, 30s)"
+    )
 
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -313,18 +428,28 @@ class Config:
         # The name becomes the run directory's and the Keras model's name: Keras refuses "/"
         # in model names, and a path separator would put the run outside --runs-dir.
         if not isinstance(self.name, str) or not RECIPE_NAME_PATTERN.fullmatch(self.name):
-            raise UserError(f"name = {self.name!r} is invalid: expected letters, digits, '_', '-' or '.' (it names the run directory and the model), e.g. {_suggested_name(self.name)!r}")
+            raise UserError(
+                f"name = {self.name!r} is invalid: expected letters, digits, '_', '-' or '.' (it "
+                f"names the run directory and the model), e.g. {_suggested_name(self.name)!r}"
+            )
         # Checks across sections: colour ops and ImageNet statistics need RGB images.
         if self.data.channels != 3:
             for operation in self.augment.ops:
                 if operation.schema.needs_color:
-                    raise UserError(f"augment op {operation.name!r} needs colour images but data.channels = {self.data.channels}: set data.channels = 3 or remove the op")
+                    raise UserError(
+                        f"augment op {operation.name!r} needs colour images but data.channels "
+                        f"= {self.data.channels}: set data.channels = 3 or remove the op"
+                    )
             if self.augment.normalization == "imagenet":
-                raise UserError(f"augment.normalization = 'imagenet' needs colour images but data.channels = {self.data.channels}: set data.channels = 3 or use 'unit'")
+                raise UserError(
+                    "augment.normalization = 'imagenet' needs colour images but data.channels "
+                    f"= {self.data.channels}: set data.channels = 3 or use 'unit'"
+                )
         # A second training stage unfreezes a backbone: without one there is nothing to unfreeze.
         if (self.train.fine_tune_epochs or self.train.unfreeze_top) and not self.model.backbone:
             raise UserError(
-                f"train.fine_tune_epochs = {self.train.fine_tune_epochs} and train.unfreeze_top = {self.train.unfreeze_top} need model.backbone: "
+                f"train.fine_tune_epochs = {self.train.fine_tune_epochs} and "
+                f"train.unfreeze_top = {self.train.unfreeze_top} need model.backbone: "
                 "set model.backbone (run:PATH, keras:NAME or hub:PRESET) or set both to 0"
             )
 
@@ -337,18 +462,22 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Config":
+    def from_dict(cls, values: dict) -> Config:
         sections = {}
         for section in dataclasses.fields(cls):
             if section.name == "name":
                 continue
             section_type = _section_types()[section.name]
             raw = dict(values.get(section.name, {}))
-            typed = {f.name: _coerce(raw[f.name], _field_type(section_type, f.name), f"{section.name}.{f.name}") for f in dataclasses.fields(section_type) if f.name in raw}
+            typed = {
+                f.name: _coerce(raw[f.name], _field_type(section_type, f.name), f"{section.name}.{f.name}")
+                for f in dataclasses.fields(section_type)
+                if f.name in raw
+            }
             sections[section.name] = section_type(**typed)
         return cls(name=values.get("name", "experiment"), **sections)
 
-    def with_overrides(self, assignments: list[str]) -> "Config":
+    def with_overrides(self, assignments: list[str]) -> Config:
         """Applies ``section.key=value`` strings, each parsed by the field's type."""
         # Sections are replaced together at the end, so that checks across sections
         # (Config.__post_init__) see every override, whatever their order.
@@ -360,20 +489,29 @@ class Config:
                 raise UserError(f"--set {assignment!r}: expected section.key=value, e.g. train.epochs=5")
             section_type = _section_types().get(section_name)
             if section_type is None:
-                raise UserError(f"--set {assignment!r}: unknown section {section_name!r}; sections are {', '.join(_section_types())}")
+                raise UserError(
+                    f"--set {assignment!r}: unknown section {section_name!r}; "
+                    f"sections are {', '.join(_section_types())}"
+                )
             names = [f.name for f in dataclasses.fields(section_type)]
             if field_name not in names:
-                raise UserError(f"--set {assignment!r}: {section_name} has no field {field_name!r}; fields are {', '.join(names)}")
+                raise UserError(
+                    f"--set {assignment!r}: {section_name} has no field {field_name!r}; fields are {', '.join(names)}"
+                )
             value = _parse_text(text.strip(), _field_type(section_type, field_name), key)
             sections[section_name] = dataclasses.replace(sections[section_name], **{field_name: value})
         return dataclasses.replace(self, **sections)
 
-    def smoke(self) -> "Config":
+    def smoke(self) -> Config:
         """The same experiment shrunk to a few hundred images and one epoch."""
         return dataclasses.replace(
             self,
-            data=dataclasses.replace(self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"),
-            train=dataclasses.replace(self.train, epochs=1, warmup_epochs=0.0, fine_tune_epochs=min(self.train.fine_tune_epochs, 1)),
+            data=dataclasses.replace(
+                self.data, max_train=256, max_eval=128, batch_size=min(self.data.batch_size, 64), cache="memory"
+            ),
+            train=dataclasses.replace(
+                self.train, epochs=1, warmup_epochs=0.0, fine_tune_epochs=min(self.train.fine_tune_epochs, 1)
+            ),
         )
 
 

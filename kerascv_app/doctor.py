@@ -62,16 +62,26 @@ def _gpu_text(name: str, memory_bytes: float | None) -> str:
 
 def probe_tensorflow(report: BackendReport) -> None:
     import tensorflow as tf
+
     gpus, capability = [], None
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
         gpus.append((details.get("device_name", device.name), None))
         capability = capability or details.get("compute_capability")
-    report.devices = [_gpu_text(*gpu) for gpu in gpus] + [f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)"]
+    report.devices = [_gpu_text(*gpu) for gpu in gpus] + [
+        f"{len(tf.config.list_physical_devices('CPU'))} CPU device(s)"
+    ]
     if not gpus and tf.test.is_built_with_cuda() is False:
-        report.problem = "this TensorFlow is built without CUDA (pip install 'tensorflow[and-cuda]' for NVIDIA GPUs)" if _nvidia_present() else ""
+        report.problem = (
+            "this TensorFlow is built without CUDA (pip install 'tensorflow[and-cuda]' for NVIDIA GPUs)"
+            if _nvidia_present()
+            else ""
+        )
     elif not gpus and _nvidia_present():
-        report.problem = "an NVIDIA device is present but TensorFlow sees no GPU: check the driver and pip install 'tensorflow[and-cuda]'"
+        report.problem = (
+            "an NVIDIA device is present but TensorFlow sees no GPU: "
+            "check the driver and pip install 'tensorflow[and-cuda]'"
+        )
     report.mixed_precision = _mixed_precision(gpus, tuple(capability) if capability else None)
 
 
@@ -90,7 +100,7 @@ def probe_jax(report: BackendReport) -> None:
     cpus = sum(1 for device in devices if device.platform == "cpu")
     report.devices = [_gpu_text(*gpu) for gpu in gpus] + ([f"{cpus} CPU device(s)"] if cpus else [])
     if not gpus and _nvidia_present():
-        report.problem = "an NVIDIA device is present but JAX sees none: pip install -U \"jax[cuda12]\""
+        report.problem = 'an NVIDIA device is present but JAX sees none: pip install -U "jax[cuda12]"'
     report.mixed_precision = _mixed_precision(gpus, capability)
 
 
@@ -106,7 +116,9 @@ def probe_torch(report: BackendReport) -> None:
     report.devices = [_gpu_text(*gpu) for gpu in gpus] + ["the CPU"]
     if not gpus and _nvidia_present():
         build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        report.problem = f"an NVIDIA device is present but torch ({build}) sees none: install the CUDA build from pytorch.org"
+        report.problem = (
+            f"an NVIDIA device is present but torch ({build}) sees none: install the CUDA build from pytorch.org"
+        )
     report.mixed_precision = _mixed_precision(gpus, capability)
 
 
@@ -131,7 +143,9 @@ def backend_reports() -> list[BackendReport]:
                     with captured_stderr():
                         PROBES[name](report)
             except Exception as error:  # A broken install is reported, not raised: the rest still helps.
-                report.problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                report.problem = (
+                    f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                )
         reports.append(report)
     return reports
 
@@ -147,7 +161,8 @@ def storage_lines() -> list[str]:
         f"extracted archives and decoded arrays: {cache_dir()} (KCV_CACHE_DIR)",
         f"downloads of cifar10, cifar100, fashion_mnist: {keras_datasets_dir()} (KERAS_HOME)",
         f"tfds: datasets: {tfds_dir} (TFDS_DATA_DIR, or --data-dir)",
-        f"memory available: {available / 1e9:.1f} GB; data.cache = 'auto' keeps up to {available * MEMORY_SHARE / 1e9:.1f} GB of decoded images in memory",
+        f"memory available: {available / 1e9:.1f} GB; data.cache = 'auto' keeps up "
+        f"to {available * MEMORY_SHARE / 1e9:.1f} GB of decoded images in memory",
     ]
 
 
@@ -164,9 +179,14 @@ def feature_lines() -> list[str]:
     for feature, packages, extra in OPTIONAL_FEATURES:
         missing = [package for package in packages if not is_installed(package)]
         if missing:
-            lines.append(f"{feature}: not installed ({', '.join(missing)}); install it with pip install -e \".[{extra}]\"")
+            lines.append(
+                f'{feature}: not installed ({", ".join(missing)}); install it with pip install -e ".[{extra}]"'
+            )
         else:
-            lines.append(f"{feature}: " + ", ".join(f"{_distribution(package)} {_distribution_version(package)}" for package in packages))
+            lines.append(
+                f"{feature}: "
+                + ", ".join(f"{_distribution(package)} {_distribution_version(package)}" for package in packages)
+            )
     return lines
 
 
@@ -186,4 +206,10 @@ def report_lines() -> list[str]:
     lines = [f"backend kcv uses now: {chosen} (--backend or KERAS_BACKEND to change)"]
     for report in backend_reports():
         lines += report.lines()
-    return lines + ["optional:"] + [f"  {line}" for line in feature_lines()] + ["data:"] + [f"  {line}" for line in storage_lines()]
+    return (
+        lines
+        + ["optional:"]
+        + [f"  {line}" for line in feature_lines()]
+        + ["data:"]
+        + [f"  {line}" for line in storage_lines()]
+    )

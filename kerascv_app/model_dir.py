@@ -24,7 +24,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kerascv_app.custom_objects import register_custom_objects
 from kerascv_app.errors import UserError
+from kerascv_app.runs import STATUS_FILE, RunDirectory, write_json_atomically
 
 MODEL_INFO_FILE = "model.json"
 
@@ -45,13 +47,15 @@ class ModelDirectory:
 
     def to_json(self) -> dict:
         return {
-            "kind": self.kind, "class_names": list(self.class_names), "image_size": list(self.image_size),
-            "channels": self.channels, "precision": self.precision, "backend": self.backend,
+            "kind": self.kind,
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "precision": self.precision,
+            "backend": self.backend,
         }
 
     def write(self) -> None:
-        from kerascv_app.runs import write_json_atomically
-
         write_json_atomically(self.path / MODEL_INFO_FILE, self.to_json())
 
     def load_model(self):
@@ -61,12 +65,15 @@ class ModelDirectory:
         from kerascv_app import backend as backend_module
 
         if not self.model_path.is_file():
-            raise UserError(f"{self.model_path} is missing: the run did not finish; resume it with kcv fit --resume {self.path}")
+            raise UserError(
+                f"{self.model_path} is missing: the run did not finish; resume it with kcv fit --resume {self.path}"
+            )
         if not zipfile.is_zipfile(self.model_path):
-            raise UserError(f"{self.model_path} is not a valid .keras file (truncated or corrupt): retrain or restore the file")
+            raise UserError(
+                f"{self.model_path} is not a valid .keras file (truncated or corrupt): retrain or restore the file"
+            )
         backend_module.set_precision(self.precision)
-        register_custom_objects()
-        _register_keras_hub_if_named(self.model_path)
+        register_custom_objects(self.model_path)
         try:
             with warnings.catch_warnings():
                 # A frozen KerasHub backbone nested whole (ViT) reloads with its inner layers
@@ -77,19 +84,11 @@ class ModelDirectory:
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
                 model = keras.saving.load_model(self.model_path, safe_mode=True)
         except Exception as error:  # A damaged archive fails in many ways; report it in one line.
-            raise UserError(f"{self.model_path} cannot be loaded ({type(error).__name__}: {error}): retrain or restore the file")
+            raise UserError(
+                f"{self.model_path} cannot be loaded ({type(error).__name__}: {error}): retrain or restore the file"
+            ) from error
         _refreeze(model)
         return model
-
-
-def register_custom_objects() -> None:
-    """Importing these modules registers the layers and schedules a .keras file may name."""
-    import kerascv_app.augment.layer  # noqa: F401
-    import kerascv_app.ensemble.layers  # noqa: F401
-    import kerascv_app.models.layers  # noqa: F401
-    import kerascv_app.models.identity_init  # noqa: F401
-    import kerascv_app.models.whitening  # noqa: F401
-    import kerascv_app.train.optim  # noqa: F401
 
 
 def _refreeze(layer) -> None:
@@ -101,37 +100,39 @@ def _refreeze(layer) -> None:
         _refreeze(sublayer)
 
 
-def _register_keras_hub_if_named(model_path: Path) -> None:
-    """A model built on a KerasHub backbone may hold KerasHub layers, registered by importing it."""
-    from kerascv_app.models.hub import import_keras_hub, model_file_needs_keras_hub
-
-    if model_file_needs_keras_hub(model_path):
-        import_keras_hub(f"{model_path} (a model with a KerasHub backbone)")
-
-
 def open_model_directory(path: str | Path) -> ModelDirectory:
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)")
+        raise UserError(
+            f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)"
+        )
     _refuse_unfinished_run(path)
     info_path = path / MODEL_INFO_FILE
     if not info_path.is_file():
-        raise UserError(f"{path} is not a run or ensemble directory (no {MODEL_INFO_FILE}): give a folder made by kcv fit or kcv ensemble")
+        raise UserError(
+            f"{path} is not a run or ensemble directory (no "
+            f"{MODEL_INFO_FILE}): give a folder made by kcv fit or kcv ensemble"
+        )
     try:
         info = json.loads(info_path.read_text())
         return ModelDirectory(
-            path=path, kind=info["kind"], class_names=tuple(info["class_names"]), image_size=tuple(info["image_size"]),
-            channels=int(info["channels"]), precision=info["precision"], backend=info["backend"],
+            path=path,
+            kind=info["kind"],
+            class_names=tuple(info["class_names"]),
+            image_size=tuple(info["image_size"]),
+            channels=int(info["channels"]),
+            precision=info["precision"],
+            backend=info["backend"],
         )
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{info_path} is corrupt ({type(error).__name__}: {error}): this folder cannot be used")
+        raise UserError(
+            f"{info_path} is corrupt ({type(error).__name__}: {error}): this folder cannot be used"
+        ) from error
 
 
 def _refuse_unfinished_run(path: Path) -> None:
     """A run writes model.keras and model.json before it evaluates; until run.json says
     "finished", that model is not the run's result and must not be exported or used."""
-    from kerascv_app.runs import STATUS_FILE, RunDirectory
-
     if not (path / STATUS_FILE).is_file():
         return  # an ensemble directory or an exported folder: complete once it exists
     run = RunDirectory.open(path)
@@ -139,4 +140,7 @@ def _refuse_unfinished_run(path: Path) -> None:
     if status != "finished":
         reason = run.status_record().get("reason")
         because = f" ({reason})" if reason else ""
-        raise UserError(f"{path} is {status}, not finished{because}: only finished runs can be used; see kcv runs, and resume it with kcv fit --resume {path}")
+        raise UserError(
+            f"{path} is {status}, not finished{because}: only finished runs can "
+            f"be used; see kcv runs, and resume it with kcv fit --resume {path}"
+        )

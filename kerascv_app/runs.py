@@ -47,7 +47,7 @@ class RunDirectory:
     # Creating and opening
 
     @classmethod
-    def create(cls, runs_dir: str | Path, recipe_name: str) -> "RunDirectory":
+    def create(cls, runs_dir: str | Path, recipe_name: str) -> RunDirectory:
         runs_dir = Path(runs_dir)
         runs_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -62,17 +62,19 @@ class RunDirectory:
         raise UserError(f"cannot create a run directory in {runs_dir}: too many runs named {recipe_name}-{stamp}")
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDirectory":
+    def open(cls, path: str | Path) -> RunDirectory:
         """Opens an existing run directory, or refuses clearly."""
         run = cls(path)
         if not run.path.is_dir():
             raise UserError(f"run directory {run.path} does not exist: give a folder made by kcv fit (see kcv runs)")
         if not (run.path / STATUS_FILE).is_file() or not (run.path / "config.json").is_file():
-            raise UserError(f"{run.path} is not a run directory (no {STATUS_FILE} or config.json): give a folder made by kcv fit")
+            raise UserError(
+                f"{run.path} is not a run directory (no {STATUS_FILE} or config.json): give a folder made by kcv fit"
+            )
         try:
             run.status_record()
-        except ValueError:
-            raise UserError(f"{run.path / STATUS_FILE} is corrupt: this run directory cannot be used")
+        except ValueError as error:
+            raise UserError(f"{run.path / STATUS_FILE} is corrupt: this run directory cannot be used") from error
         return run
 
     # Status
@@ -111,7 +113,8 @@ class RunDirectory:
                 owner = os.pread(descriptor, 200, 0).decode(errors="replace").split()
                 pid, host = (owner + ["?", "?"])[:2]
                 raise UserError(
-                    f"{self.path} is being trained by process {pid} on {host}: wait for it to end, or stop it (kill {pid}) before resuming"
+                    f"{self.path} is being trained by process {pid} on {host}: "
+                    f"wait for it to end, or stop it (kill {pid}) before resuming"
                 ) from None
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -153,7 +156,11 @@ class RunDirectory:
         """finished, failed, running, or interrupted (said running, but its process is gone)."""
         record = self.status_record()
         status = record.get("status", "unknown")
-        if status == "running" and record.get("host") == socket.gethostname() and not (process_alive(record.get("pid")) or self.is_locked()):
+        if (
+            status == "running"
+            and record.get("host") == socket.gethostname()
+            and not (process_alive(record.get("pid")) or self.is_locked())
+        ):
             return "interrupted"
         return status
 
@@ -172,11 +179,15 @@ class RunDirectory:
     def read_json(self, name: str) -> dict:
         path = self.path / name
         if not path.is_file():
-            raise UserError(f"{path} is missing: the run did not finish (see kcv runs), resume it with kcv fit --resume {self.path}")
+            raise UserError(
+                f"{path} is missing: the run did not finish (see kcv runs), resume it with kcv fit --resume {self.path}"
+            )
         try:
             value = json.loads(path.read_text())
         except (ValueError, OSError) as error:
-            raise UserError(f"{path} is corrupt ({type(error).__name__}: {error}): this run directory cannot be used as it is") from None
+            raise UserError(
+                f"{path} is corrupt ({type(error).__name__}: {error}): this run directory cannot be used as it is"
+            ) from None
         if not isinstance(value, dict):
             raise UserError(f"{path} is corrupt (not a JSON object): this run directory cannot be used as it is")
         return value
@@ -222,7 +233,18 @@ def find_runs(runs_dir: str | Path) -> list[RunDirectory]:
 
 
 # Package versions recorded in every run's environment.json (None where not installed).
-RECORDED_PACKAGES = ("kerascv_app", "keras", "tensorflow", "tensorflow-datasets", "jax", "jaxlib", "torch", "numpy", "scikit-learn", "pillow")
+RECORDED_PACKAGES = (
+    "kerascv_app",
+    "keras",
+    "tensorflow",
+    "tensorflow-datasets",
+    "jax",
+    "jaxlib",
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "pillow",
+)
 
 
 def environment_record(config, backend: str, devices: list[str], prepared, data_dir, engine: dict) -> dict:

@@ -11,15 +11,15 @@ the final evaluation. No TensorFlow is needed on this path.
 
 Command:   kcv fit recipes/cifar10_fast.py --backend jax    (downloads CIFAR-10 when online)
            kcv fit recipes/cifar10_fast.py --backend jax --data PATH/cifar10-jpeg.tar.gz
-           (the JPEG copy the figures below are measured on; ../shared/data/ beside this checkout)
+           (PATH: a local copy; the figures below are measured on a JPEG copy, one folder per class)
            kcv evaluate runs/cifar10_fast-<timestamp> --tta
            bash bench/gpu_cifar10_fast.sh          (5 seeds on a GPU: mean and spread)
 Expected:  the target is airbench94's own result on the CIFAR-10 JPEG copy: 90.6% test
            accuracy with test-time augmentation (mean of 5 runs) in about 2.0 s of GPU time
            on an H200, within 1.5x of that time (3.0 s of train_seconds in metrics.json).
-           NOT YET MEASURED on a GPU: the figures go in the README's Benchmarks once
+           NOT YET MEASURED on a GPU: the figures go in docs/benchmarks.md once
            bench/gpu_cifar10_fast.sh has run. On 2 CPU cores an epoch takes minutes (see
-           the README), so run it on a GPU.
+           docs/benchmarks.md), so run it on a GPU.
 Hardware:  one NVIDIA GPU (H100 or H200) with JAX; any backend works, JAX is the fast one.
 """
 

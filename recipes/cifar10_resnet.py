@@ -7,8 +7,8 @@ The learning rate is derived from the batch size (0.1 per 128 images), not typed
 Command:   kcv fit recipes/cifar10_resnet.py    (downloads CIFAR-10 when online)
            kcv fit recipes/cifar10_resnet.py --data PATH/cifar10-jpeg.tar.gz    (a local copy, any format)
 Expected:  test accuracy 0.8458 (top-5 0.9914) after the 30 epochs, on the CIFAR-10 JPEG copy
-           (tensorflow backend; README "Results").
-Hardware:  a 2-core CPU, no GPU: about 70 s an epoch, 35 min 36 s in all.
+           (tensorflow backend; docs/benchmarks.md).
+Hardware:  a 2-core CPU, no GPU: about 70 s an epoch, 35 min 35 s in all.
 """
 
 from kerascv_app.config import SEED_PRESET, AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig

@@ -14,7 +14,9 @@ from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, T
 def get_config() -> Config:
     return Config(
         name="digits",
-        data=DataConfig(source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1, test_fraction=0.2),
+        data=DataConfig(
+            source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1, test_fraction=0.2
+        ),
         # Digits are not mirror-symmetric: no flips; a one-pixel shift is enough.
         augment=AugmentConfig(ops=(op("pad_crop", padding=1),), normalization="unit"),
         model=ModelConfig(name="seed_cnn", hidden_units=128, dropout=0.2),

@@ -4,7 +4,7 @@ Command:   kcv fit recipes/fashion_mnist.py
            (files from --data-dir, /usr/share/datasets/fashion-mnist after
            `apt-get install dataset-fashion-mnist`, or the Keras cache)
 Expected:  test accuracy about 0.92 after 10 epochs.
-Hardware:  2-core CPU (no GPU), tensorflow backend; see README "Results" for the run.
+Hardware:  2-core CPU (no GPU), tensorflow backend; see docs/benchmarks.md for the run.
 """
 
 from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, op

@@ -14,8 +14,8 @@ Offline:   copy a preset folder (from the cache, or one that save_to_preset wrot
            kcv fit recipes/hub_transfer.py --data ~/photos --set model.backbone=hub:/path/to/resnet_18_imagenet
 Layout:    ~/photos/<class name>/<image>.jpg (or train/<class>/ and test/<class>/); 10% of the
            images are held out for validation and 10% for the test.
-Expected:  depends on your photos; not measured here, because this machine cannot download the
-           preset (tests/test_hub.py runs this recipe on a folder of digits with a tiny preset).
+Expected:  depends on your photos; not measured (tests/test_hub.py runs this recipe on a folder of
+           digits with a tiny preset).
 Hardware:  a ResNet-18 at 224x224 wants a GPU (--precision mixed_float16); not timed here.
 """
 
@@ -26,13 +26,28 @@ def get_config() -> Config:
     return Config(
         name="hub_transfer",
         # "folder:" is the --data (or --data-dir) folder; images are resized to the preset's 224x224.
-        data=DataConfig(source="folder:", image_size=(224, 224), channels=3, batch_size=32, val_fraction=0.1, test_fraction=0.1),
+        data=DataConfig(
+            source="folder:", image_size=(224, 224), channels=3, batch_size=32, val_fraction=0.1, test_fraction=0.1
+        ),
         # Photos: mirrored, cropped and lit differently. The backbone's own preprocessing is
         # applied, so augment.normalization is not used.
-        augment=AugmentConfig(ops=(op("flip"), op("resized_crop", scale=(0.5, 1.0)), op("brightness", factor=0.1), op("contrast", factor=0.1))),
+        augment=AugmentConfig(
+            ops=(
+                op("flip"),
+                op("resized_crop", scale=(0.5, 1.0)),
+                op("brightness", factor=0.1),
+                op("contrast", factor=0.1),
+            )
+        ),
         model=ModelConfig(backbone="hub:resnet_18_imagenet", dropout=0.2),
         train=TrainConfig(
-            epochs=5, optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="cosine",
-            fine_tune_epochs=5, fine_tune_learning_rate=1e-4, unfreeze_top=2,
+            epochs=5,
+            optimizer="adamw",
+            learning_rate=1e-3,
+            weight_decay=1e-4,
+            schedule="cosine",
+            fine_tune_epochs=5,
+            fine_tune_learning_rate=1e-4,
+            unfreeze_top=2,
         ),
     )

@@ -7,16 +7,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kcv_testing import BACKEND, REPO_ROOT, fit_learning_digits_run, run_kcv, write_cifar10_python, write_fashion_mnist
+from kcv_testing import (
+    BACKEND,
+    REPO_ROOT,
+    computed_once,
+    fit_learning_digits_run,
+    fit_member_runs,
+    run_kcv,
+    write_cifar10_python,
+    write_fashion_mnist,
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests of a path that must run without TensorFlow need another backend: under the
-    tensorflow backend they are deselected (and counted as such), not skipped."""
-    if BACKEND != "tensorflow":
-        return
-    deselected = [item for item in items if item.get_closest_marker("other_backend_than_tensorflow")]
+    """Deselects (and counts as such, never skips) what the backend under test need not run:
+
+    - under tensorflow, the tests of a path that must run without TensorFlow
+      (other_backend_than_tensorflow);
+    - under jax and torch, the tests that never touch a Keras backend (backend_independent):
+      the tensorflow run already ran them, and they would run the same code again;
+    - the slowest tests that run under only some backends (backends("tensorflow", ...)): their
+      part that depends on the backend is covered under the others by a test named beside the mark.
+    """
+    marker = "other_backend_than_tensorflow" if BACKEND == "tensorflow" else "backend_independent"
+
+    def deselect(item) -> bool:
+        only = item.get_closest_marker("backends")
+        return item.get_closest_marker(marker) is not None or (only is not None and BACKEND not in only.args)
+
+    deselected = [item for item in items if deselect(item)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item not in deselected]
@@ -43,17 +62,54 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory) -> Path:
-    """One digits run (8x8x1, classes "0".."9") that learned, on the backend under test, shared by the export, predict and evaluate tests."""
-    return fit_learning_digits_run(tmp_path_factory.mktemp("digits_runs"))
+    """One digits run (8x8x1, classes "0".."9") that learned, on the backend under test, shared by
+    the export, predict and evaluate tests: trained once per test run, whatever the workers.
+    Tests read it; one that changes a run changes its own copy."""
+    return computed_once(tmp_path_factory, "digits_run", fit_learning_digits_run)
+
+
+@pytest.fixture(scope="session")
+def mixed_bfloat16_run(tmp_path_factory) -> Path:
+    """kcv fit --smoke --precision mixed_bfloat16 --seed 7 of the digits recipe, trained once per
+    test run: the flags are checked on it (test_fit_cli) and it is exported in float32 (test_export)."""
+
+    def fit(runs: Path) -> Path:
+        result = run_kcv(
+            "fit",
+            REPO_ROOT / "recipes" / "digits.py",
+            "--smoke",
+            "--quiet",
+            "--runs-dir",
+            runs,
+            "--precision",
+            "mixed_bfloat16",
+            "--seed",
+            "7",
+        )
+        assert result.returncode == 0, result.stderr
+        (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
+        return run_dir
+
+    return computed_once(tmp_path_factory, "mixed_bfloat16_run", fit)
+
+
+@pytest.fixture(scope="session")
+def member_runs(tmp_path_factory) -> list[Path]:
+    """Three digits runs that learned and share their splits (kcv_testing.fit_member_runs), for the
+    ensemble and report tests: trained once per test run, whatever the workers."""
+    return computed_once(tmp_path_factory, "member_runs", fit_member_runs)
 
 
 @pytest.fixture(scope="session")
 def digits_export(digits_run, tmp_path_factory) -> Path:
     """digits_run exported once by kcv export: the version folder <base>/digits/1."""
-    base = tmp_path_factory.mktemp("saved_models")
-    result = run_kcv("export", digits_run, "--base", base)
-    assert result.returncode == 0, result.stderr
-    return base / "digits" / "1"
+
+    def export(base: Path) -> Path:
+        result = run_kcv("export", digits_run, "--base", base)
+        assert result.returncode == 0, result.stderr
+        return base / "digits" / "1"
+
+    return computed_once(tmp_path_factory, "digits_export", export)
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,14 @@ def write_resnet_preset(folder: Path, image_size: int = 16, channels: int = 3, n
     import keras_hub
 
     backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-        use_pre_activation=False, image_shape=(None, None, channels),
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(None, None, channels),
     )
     scale, offset = imagenet_scale_and_offset(channels)
     converter = keras_hub.layers.ResNetImageConverter(image_size=(image_size, image_size), scale=scale, offset=offset)
@@ -42,7 +47,12 @@ def write_vit_preset(folder: Path, image_size: int = 16, num_classes: int = 3) -
     import keras_hub
 
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=(image_size, image_size, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        image_shape=(image_size, image_size, 3),
+        patch_size=4,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        mlp_dim=32,
     )
     converter = keras_hub.layers.ViTImageConverter(image_size=(image_size, image_size), scale=1 / 127.5, offset=-1.0)
     preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter)

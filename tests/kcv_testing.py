@@ -4,7 +4,9 @@ The backend comes from KERAS_BACKEND (tox sets one per environment)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import pickle
@@ -27,13 +29,57 @@ CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
 NO_CIFAR10_JPEG = f"needs the 19 MB CIFAR-10 JPEG copy, absent from {SHARED_DATA} (KCV_SHARED_DATA)"
 
 
-def run_kcv(*arguments, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_kcv(
+    *arguments, cwd: Path | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Runs the real command line in a fresh process (the backend is fixed per process)."""
     environment = {**os.environ, "KERAS_BACKEND": BACKEND, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "kerascv_app.cli", *map(str, arguments)],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+def kcv_in_process(*arguments, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs the command line's entry point (kerascv_app.cli.main) in this process: its exit status,
+    stdout and stderr, as run_kcv gives them, without paying a new process's TensorFlow import.
+
+    For commands that stop before a model is built (refusals, listings): a run that trains
+    would leave Keras's global state (dtype policy, seeds) changed behind it, and a
+    kill (KCV_KILL_AT) would end the test process. The tests that check what only a real
+    process shows (exit status -9, a quiet TensorFlow start, a missing backend) keep run_kcv."""
+    from rich.console import Console
+
+    from kerascv_app import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_environment, saved_directory = dict(os.environ), Path.cwd()
+    saved_consoles, saved_argv = (cli.console, cli.error_console), sys.argv
+    # Fresh consoles on the buffers: as on a pipe, no colour, 80 columns.
+    cli.console, cli.error_console = Console(file=stdout, width=80), Console(file=stderr, width=80)
+    os.environ.update({"KERAS_BACKEND": BACKEND, **{name: str(value) for name, value in (env or {}).items()}})
+    sys.argv = ["kcv", *map(str, arguments)]
+    returncode = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                cli.main()
+            except SystemExit as exit_request:
+                returncode = (
+                    exit_request.code if isinstance(exit_request.code, int) else (0 if exit_request.code is None else 1)
+                )
+    finally:
+        os.chdir(saved_directory)
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        (cli.console, cli.error_console), sys.argv = saved_consoles, saved_argv
+    return subprocess.CompletedProcess(["kcv", *map(str, arguments)], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -73,7 +119,9 @@ IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 0x00000803, 0x00000801
 
 def write_idx(path: Path, values: np.ndarray, magic: int, gzipped: bool = True) -> Path:
     """An unsigned-byte IDX file: big-endian magic, one 32-bit size per dimension, the values."""
-    content = struct.pack(">I", magic) + struct.pack(f">{values.ndim}I", *values.shape) + values.astype(np.uint8).tobytes()
+    content = (
+        struct.pack(">I", magic) + struct.pack(f">{values.ndim}I", *values.shape) + values.astype(np.uint8).tobytes()
+    )
     if gzipped:
         path = path.with_name(path.name + ".gz")
         path.write_bytes(gzip.compress(content))
@@ -94,7 +142,9 @@ def write_fashion_mnist(folder: Path, train_per_class: int = 30, test_per_class:
     random = np.random.default_rng(seed)
     for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
         labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
-        images = np.clip(labels[:, None, None] * 24.0 + random.normal(0, 20, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
+        images = np.clip(labels[:, None, None] * 24.0 + random.normal(0, 20, (len(labels), 28, 28)), 0, 255).astype(
+            np.uint8
+        )
         write_idx_split(folder, prefix, images, labels)
     return folder
 
@@ -107,8 +157,34 @@ LEARNING_DIGITS_RUN = ("--set", "train.epochs=8", "--set", "train.learning_rate=
 LEARNED_ACCURACY = 0.9
 
 
+def computed_once(tmp_path_factory, name: str, compute):
+    """A session fixture's value computed once for the whole test run, not once per pytest-xdist
+    worker: the first worker to ask computes it into a folder shared by the workers, under a
+    lock; the others wait for it and reuse it. ``compute(folder)`` returns a path or a list of
+    paths (kept as JSON beside the folder). A failed computation records nothing: the next
+    worker that asks tries again, in a fresh folder, and fails the same way."""
+    import tempfile
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # The workers' base folders are siblings in it.
+    record = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if record.is_file():
+            value = json.loads(record.read_text())
+        else:
+            computed = compute(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root)))
+            value = [str(path) for path in computed] if isinstance(computed, (list, tuple)) else str(computed)
+            record.write_text(json.dumps(value))
+    return [Path(path) for path in value] if isinstance(value, list) else Path(value)
+
+
 def fit_learning_digits_run(runs: Path, *arguments) -> Path:
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", *LEARNING_DIGITS_RUN, *arguments, "--runs-dir", runs, "--quiet")
+    result = run_kcv(
+        "fit", REPO_ROOT / "recipes" / "digits.py", *LEARNING_DIGITS_RUN, *arguments, "--runs-dir", runs, "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
     accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
@@ -116,7 +192,63 @@ def fit_learning_digits_run(runs: Path, *arguments) -> Path:
     return run_dir
 
 
+#: A second recipe over the digits data: another architecture, the same data settings.
+DIGITS_RESNET_RECIPE = """
+from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
+
+
+def get_config():
+    return Config(
+        name="digits_resnet",
+        data=DataConfig(source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1,
+            test_fraction=0.2),
+        augment=AugmentConfig(normalization="unit"),
+        model=ModelConfig(name="resnet", depth=8, width=4),
+        train=TrainConfig(epochs=15, optimizer="adamw", learning_rate=2e-3),
+    )
+"""
+#: 431 validation images (43 per class): enough for stacking; the members learn (test
+#: accuracy about 0.9), so that a combining mistake would show.
+MEMBER_DATA = ("--set", "data.val_fraction=0.3", "--set", "train.epochs=8", "--set", "train.learning_rate=0.004")
+VALIDATION_FRACTION = 0.3
+#: Well above chance (0.1) for ten digit classes.
+MEMBERS_LEARNED = 0.8
+
+
+def fit_member_runs(folder: Path) -> list[Path]:
+    """Three runs of the digits data that learned (conftest.py: member_runs): two seed_cnn and one
+    ResNet, with one validation split, enough for stacking (tests/test_ensemble.py, test_report.py)."""
+    runs = folder / "runs"
+    resnet_recipe = folder / "digits_resnet.py"
+    resnet_recipe.write_text(DIGITS_RESNET_RECIPE)
+    digits = REPO_ROOT / "recipes" / "digits.py"
+    members = [
+        (digits, ["--set", "model.hidden_units=16"]),
+        (digits, ["--set", "model.hidden_units=32"]),
+        (resnet_recipe, []),
+    ]
+    for seed, (recipe, options) in enumerate(members):
+        result = run_kcv("fit", recipe, "--quiet", "--runs-dir", runs, "--seed", str(seed), *MEMBER_DATA, *options)
+        assert result.returncode == 0, result.stderr
+    # Run names start with the recipe's name: order them by when they started (the
+    # timestamp ends the name), as they were trained.
+    members = sorted(runs.iterdir(), key=lambda path: path.name.split("-", 1)[1])
+    assert [json.loads((path / "config.json").read_text())["name"] for path in members] == [
+        "digits",
+        "digits",
+        "digits_resnet",
+    ]
+    # Members that predict one class could not show a combining mistake: they must have learned.
+    for path in members:
+        accuracy = json.loads((path / "metrics.json").read_text())["test"]["accuracy"]
+        assert accuracy > MEMBERS_LEARNED, f"member {path.name} did not learn: test accuracy {accuracy}"
+    return members
+
+
 def predicted(result) -> dict[str, dict[str, float]]:
     """--json output as {image: {class name: probability}}."""
     assert result.returncode == 0, result.stderr
-    return {item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]} for item in json.loads(result.stdout)}
+    return {
+        item["image"]: {entry["class_name"]: entry["probability"] for entry in item["predictions"]}
+        for item in json.loads(result.stdout)
+    }

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from kcv_testing import BACKEND
+
 from kerascv_app.augment import geometry
 from kerascv_app.augment.layer import Augmentation
 from kerascv_app.augment.pipeline import augment_batches
@@ -93,7 +93,11 @@ def tolerance(runner: str) -> float:
 def is_window(padded, image, size):
     """True if ``image`` equals a size x size window of ``padded``."""
     span = padded.shape[0] - size + 1
-    return any(np.array_equal(padded[row:row + size, column:column + size], image) for row in range(span) for column in range(span))
+    return any(
+        np.array_equal(padded[row : row + size, column : column + size], image)
+        for row in range(span)
+        for column in range(span)
+    )
 
 
 def changed(original, augmented, atol=0.51):
@@ -105,8 +109,12 @@ def changed(original, augmented, atol=0.51):
 def test_flip_mirrors(runner):
     images = random_images()
     np.testing.assert_array_equal(augment(runner, [op("flip", probability=1.0)], images), images[:, :, ::-1])
-    np.testing.assert_array_equal(augment(runner, [op("flip", mode="vertical", probability=1.0)], images), images[:, ::-1])
-    np.testing.assert_array_equal(augment(runner, [op("flip", mode="both", probability=1.0)], images), images[:, ::-1, ::-1])
+    np.testing.assert_array_equal(
+        augment(runner, [op("flip", mode="vertical", probability=1.0)], images), images[:, ::-1]
+    )
+    np.testing.assert_array_equal(
+        augment(runner, [op("flip", mode="both", probability=1.0)], images), images[:, ::-1, ::-1]
+    )
     halves = augment(runner, [op("flip")], images)
     mirrored = np.array([np.array_equal(a, b[:, ::-1]) for a, b in zip(halves, images)])
     unchanged = np.array([np.array_equal(a, b) for a, b in zip(halves, images)])
@@ -119,7 +127,10 @@ def test_pad_crop_is_a_window_of_the_padded_image(runner):
     for fill, mode in (("constant", "constant"), ("reflect", "symmetric"), ("nearest", "edge")):
         cropped = augment(runner, [op("pad_crop", padding=2, fill=fill)], images)
         assert cropped.shape == images.shape
-        assert all(is_window(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=mode), crop, SIZE) for image, crop in zip(images, cropped))
+        assert all(
+            is_window(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=mode), crop, SIZE)
+            for image, crop in zip(images, cropped)
+        )
         assert changed(images, cropped).sum() > 20
 
 
@@ -131,7 +142,10 @@ def test_translate_shifts_by_whole_pixels_within_the_fraction(runner):
     assert all(is_window(np.pad(image, ((3, 3), (3, 3), (0, 0))), out, SIZE) for image, out in zip(images, shifted))
     sideways = augment(runner, [op("translate", fraction=0.25, axis="x", fill="nearest")], images)
     edge_padded = [np.pad(image, ((0, 0), (3, 3), (0, 0)), mode="edge") for image in images]
-    assert all(any(np.array_equal(padded[:, column:column + SIZE], out) for column in range(7)) for padded, out in zip(edge_padded, sideways))
+    assert all(
+        any(np.array_equal(padded[:, column : column + SIZE], out) for column in range(7))
+        for padded, out in zip(edge_padded, sideways)
+    )
 
 
 def test_rotation_by_90_degrees_is_a_transpose_and_flip():
@@ -141,10 +155,17 @@ def test_rotation_by_90_degrees_is_a_transpose_and_flip():
     images = random_images(batch=4)
     expected = np.rot90(images, k=1, axes=(1, 2))
     assert np.array_equal(expected, np.flip(np.transpose(images, (0, 2, 1, 3)), axis=1))
-    native = geometry.rotate_images(DynamicBackend(), keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(np.full(4, math.pi / 2, "float32")), "constant")
+    native = geometry.rotate_images(
+        DynamicBackend(),
+        keras.ops.convert_to_tensor(images),
+        keras.ops.convert_to_tensor(np.full(4, math.pi / 2, "float32")),
+        "constant",
+    )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(native), expected, atol=1e-3)
     tensorflow = DynamicBackend("tensorflow")
-    dataset = tf.data.Dataset.from_tensors(images).map(lambda batch: geometry.rotate_images(tensorflow, batch, tf.fill([4], math.pi / 2), "constant"))
+    dataset = tf.data.Dataset.from_tensors(images).map(
+        lambda batch: geometry.rotate_images(tensorflow, batch, tf.fill([4], math.pi / 2), "constant")
+    )
     np.testing.assert_allclose(next(iter(dataset)).numpy(), expected, atol=1e-3)
 
 
@@ -168,7 +189,9 @@ def test_rotate_turns_about_the_centre(runner):
     images = random_images()
     np.testing.assert_allclose(augment(runner, [op("rotate", degrees=0)], images), images, atol=tolerance(runner))
     rotated = augment(runner, [op("rotate", degrees=180)], images)
-    np.testing.assert_allclose(rotated[:, SIZE // 2, SIZE // 2], images[:, SIZE // 2, SIZE // 2], atol=tolerance(runner))
+    np.testing.assert_allclose(
+        rotated[:, SIZE // 2, SIZE // 2], images[:, SIZE // 2, SIZE // 2], atol=tolerance(runner)
+    )
     assert changed(images, rotated).sum() > 28
 
 
@@ -185,7 +208,11 @@ def test_zoom_magnifies_about_the_centre(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_shear_along_x_moves_pixels_along_rows_only(runner):
     rows_ramp = np.transpose(column_ramp(), (0, 2, 1, 3)).copy()
-    np.testing.assert_allclose(augment(runner, [op("shear", degrees=30, axis="x", fill="nearest")], rows_ramp), rows_ramp, atol=tolerance(runner))
+    np.testing.assert_allclose(
+        augment(runner, [op("shear", degrees=30, axis="x", fill="nearest")], rows_ramp),
+        rows_ramp,
+        atol=tolerance(runner),
+    )
     columns_ramp = column_ramp()
     sheared = augment(runner, [op("shear", degrees=30, axis="x", fill="nearest")], columns_ramp)
     assert changed(columns_ramp, sheared).sum() > 4
@@ -195,7 +222,11 @@ def test_shear_along_x_moves_pixels_along_rows_only(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_resized_crop_of_the_whole_image_is_the_image(runner):
     images = random_images()
-    np.testing.assert_allclose(augment(runner, [op("resized_crop", scale=(1.0, 1.0), ratio=(1.0, 1.0))], images), images, atol=tolerance(runner))
+    np.testing.assert_allclose(
+        augment(runner, [op("resized_crop", scale=(1.0, 1.0), ratio=(1.0, 1.0))], images),
+        images,
+        atol=tolerance(runner),
+    )
     ramp = column_ramp()
     cropped = augment(runner, [op("resized_crop", scale=(0.25, 0.25), ratio=(1.0, 1.0))], ramp)
     # A box of half the side, resized to the full side: the ramp's slope halves.
@@ -232,14 +263,18 @@ def test_contrast_scales_distances_from_the_mean(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_saturation_blends_with_the_grey_image(runner):
     grey = np.repeat(random_images(channels=1), 3, axis=-1)
-    np.testing.assert_allclose(augment(runner, [op("saturation", factor=0.5)], grey), grey, atol=tolerance(runner) + 0.01)
+    np.testing.assert_allclose(
+        augment(runner, [op("saturation", factor=0.5)], grey), grey, atol=tolerance(runner) + 0.01
+    )
     images = random_images(low=90, high=170)
     saturated = augment(runner, [op("saturation", factor=0.3)], images)
     luma = (images * np.array([0.299, 0.587, 0.114], "float32")).sum(axis=-1, keepdims=True)
     # out - grey = f (in - grey), one f per image in [1 - 0.3, 1 + 0.3].
     factors = ((saturated - luma) * (images - luma)).sum(axis=(1, 2, 3)) / ((images - luma) ** 2).sum(axis=(1, 2, 3))
     assert np.all(factors > 0.7 - 0.01) and np.all(factors < 1.3 + 0.01) and factors.std() > 0.05
-    np.testing.assert_allclose(saturated, luma + factors[:, None, None, None] * (images - luma), atol=tolerance(runner) + 0.1)
+    np.testing.assert_allclose(
+        saturated, luma + factors[:, None, None, None] * (images - luma), atol=tolerance(runner) + 0.1
+    )
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -258,7 +293,9 @@ def test_grayscale_makes_channels_equal(runner):
     images = random_images()
     grey = augment(runner, [op("grayscale", probability=1.0)], images)
     np.testing.assert_allclose(grey, np.repeat(grey[..., :1], 3, axis=-1), atol=1e-4)
-    np.testing.assert_allclose(augment(runner, [op("grayscale", probability=0.0)], images), images, atol=tolerance(runner))
+    np.testing.assert_allclose(
+        augment(runner, [op("grayscale", probability=0.0)], images), images, atol=tolerance(runner)
+    )
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -282,7 +319,9 @@ def test_posterize_keeps_the_highest_bits(runner):
 def pil_images(images, operation):
     from PIL import Image
 
-    return np.stack([np.asarray(operation(Image.fromarray(image.astype("uint8")))) for image in images]).astype("float32")
+    return np.stack([np.asarray(operation(Image.fromarray(image.astype("uint8")))) for image in images]).astype(
+        "float32"
+    )
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -290,7 +329,13 @@ def test_equalize_is_pil_equalize_per_image(runner):
     from PIL import ImageOps
 
     # Each image its own range, one of them flat: equalization is per image and channel.
-    images = np.concatenate([random_images(batch=3, low=100, high=121), random_images(batch=3, seed=1), np.full((1, SIZE, SIZE, 3), 9.0, "float32")])
+    images = np.concatenate(
+        [
+            random_images(batch=3, low=100, high=121),
+            random_images(batch=3, seed=1),
+            np.full((1, SIZE, SIZE, 3), 9.0, "float32"),
+        ]
+    )
     np.testing.assert_array_equal(augment(runner, [op("equalize")], images), pil_images(images, ImageOps.equalize))
 
 
@@ -305,10 +350,16 @@ def test_autocontrast_stretches_each_channel(runner):
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_sharpness_of_one_keeps_the_image_and_keeps_flat_images(runner):
     images = random_images()
-    np.testing.assert_allclose(augment(runner, [op("sharpness", factor=0.0)], images), images, atol=tolerance(runner) + 1e-3)
+    np.testing.assert_allclose(
+        augment(runner, [op("sharpness", factor=0.0)], images), images, atol=tolerance(runner) + 1e-3
+    )
     flat = grey_images(batch=4, size=SIZE, level=77.0)
     # Inside only: Keras blurs with zero padding, so the border of a flat image changes.
-    np.testing.assert_allclose(augment(runner, [op("sharpness", factor=1.0)], flat)[:, 1:-1, 1:-1], flat[:, 1:-1, 1:-1], atol=tolerance(runner) + 1e-3)
+    np.testing.assert_allclose(
+        augment(runner, [op("sharpness", factor=1.0)], flat)[:, 1:-1, 1:-1],
+        flat[:, 1:-1, 1:-1],
+        atol=tolerance(runner) + 1e-3,
+    )
 
 
 # Noise.
@@ -339,9 +390,11 @@ def test_erasing_fills_one_rectangle_per_image(runner):
         rows, columns = np.nonzero(zero)
         assert zero.sum() > 0 and zero.mean() <= 0.2 + 0.05
         # The zeros fill their bounding box: a rectangle.
-        assert zero[rows.min():rows.max() + 1, columns.min():columns.max() + 1].all()
+        assert zero[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1].all()
         np.testing.assert_allclose(out[~zero], original[~zero], atol=tolerance(runner))
-    np.testing.assert_allclose(augment(runner, [op("erasing", probability=0.0)], images), images, atol=tolerance(runner))
+    np.testing.assert_allclose(
+        augment(runner, [op("erasing", probability=0.0)], images), images, atol=tolerance(runner)
+    )
 
 
 @pytest.mark.parametrize("runner", ("eager_pipeline", "tf_data"))
@@ -368,7 +421,9 @@ def test_cutmix_labels_follow_the_pasted_area(runner):
 def mix(runner, operations, images):
     if runner == "tf_data":
         return run_tf_data(operations, images)
-    augmented, labels = layer_for(operations).augment_batch(tf.constant(images), tf.constant(one_hot(len(images))), tf.constant([3, 4], tf.int64))
+    augmented, labels = layer_for(operations).augment_batch(
+        tf.constant(images), tf.constant(one_hot(len(images))), tf.constant([3, 4], tf.int64)
+    )
     return augmented.numpy(), labels.numpy()
 
 
@@ -390,8 +445,6 @@ def test_randaugment_on_one_channel_images():
     images = random_images(channels=1)
     augmented = run_eager([op("randaugment")], images)
     assert augmented.shape == images.shape
-
-
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

@@ -7,12 +7,16 @@ import subprocess
 import sys
 
 import pytest
+from kcv_testing import REPO_ROOT, assert_one_line_error, kcv_in_process
 
-from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
 from kerascv_app.augment.spec import OP_SCHEMAS, SEED_PRESET, parse_op_text, split_by_placement
 from kerascv_app.config import AugmentConfig, Config, DataConfig, op
 from kerascv_app.errors import UserError
 from kerascv_app.recipe import load_recipe
+
+# Specs are plain Python, checked when a config is made: no Keras backend is involved (the
+# refusal through kcv fit comes before keras is imported), so the tensorflow run covers them.
+pytestmark = pytest.mark.backend_independent
 
 
 @pytest.mark.parametrize(
@@ -49,16 +53,29 @@ def test_overrides_see_each_other_whatever_their_order():
 
 
 def test_ops_round_trip_through_json():
-    ops = SEED_PRESET + (op("zoom", scale=(0.9, 1.1)), op("erasing", fill="zero"), op("randaugment", num_ops=1, magnitude=5), op("mixup", alpha=0.4))
+    ops = SEED_PRESET + (
+        op("zoom", scale=(0.9, 1.1)),
+        op("erasing", fill="zero"),
+        op("randaugment", num_ops=1, magnitude=5),
+        op("mixup", alpha=0.4),
+    )
     config = Config(augment=AugmentConfig(ops=ops, placement="device", normalization="imagenet"))
     values = json.loads(config.to_json())
-    assert values["augment"]["ops"][2] == {"name": "zoom", "params": {"fill": "reflect", "probability": 1.0, "scale": [0.9, 1.1]}}
+    assert values["augment"]["ops"][2] == {
+        "name": "zoom",
+        "params": {"fill": "reflect", "probability": 1.0, "scale": [0.9, 1.1]},
+    }
     assert Config.from_dict(values) == config
 
 
 def test_command_line_form_of_ops():
     config = Config().with_overrides(["augment.ops=flip:mode=vertical,pad_crop:padding=4,zoom:scale=0.8/1.2,cutmix"])
-    assert config.augment.ops == (op("flip", mode="vertical"), op("pad_crop", padding=4), op("zoom", scale=(0.8, 1.2)), op("cutmix"))
+    assert config.augment.ops == (
+        op("flip", mode="vertical"),
+        op("pad_crop", padding=4),
+        op("zoom", scale=(0.8, 1.2)),
+        op("cutmix"),
+    )
     with pytest.raises(UserError, match="'rotate': degrees = -3"):
         parse_op_text("rotate:degrees=-3")
     with pytest.raises(UserError, match="is not key=value"):
@@ -87,7 +104,8 @@ def write_recipe(folder, ops_source: str):
         '"""A tiny recipe for tests."""\n'
         "from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig, op\n\n\n"
         "def get_config():\n"
-        f"    return Config(name='tiny', data=DataConfig(source='digits', image_size=(8, 8), channels=1), augment=AugmentConfig(ops={ops_source}),\n"
+        "    return Config(name='tiny', data=DataConfig(source='digits', image_size=(8, 8), channels=1), "
+        f"augment=AugmentConfig(ops={ops_source}),\n"
         "                  model=ModelConfig(hidden_units=8), train=TrainConfig(epochs=1))\n"
     )
     return path
@@ -113,7 +131,7 @@ def test_recipe_with_bad_ops_is_refused_at_load(tmp_path, ops_source, fragments)
 
 def test_kcv_fit_refuses_a_bad_op_in_one_line(tmp_path):
     path = write_recipe(tmp_path, "(op('flip', probability=1.5),)")
-    result = run_kcv("fit", path, "--runs-dir", tmp_path / "runs", timeout=120)
+    result = kcv_in_process("fit", path, "--runs-dir", tmp_path / "runs")
     assert_one_line_error(result, "'flip'", "probability = 1.5")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -1,24 +1,28 @@
-"""Every kind of bad input: one clear line, exit code 2, no traceback, nothing left behind."""
+"""Every kind of bad input: one clear line, exit code 2, no traceback, nothing left behind.
+
+The refusals run the command line's entry point in this process (kcv_in_process: the same
+exit status and stderr, without a new process's TensorFlow import); one refusal and the runs
+that train go through a real process (run_kcv)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+from kcv_testing import REPO_ROOT, assert_one_line_error, kcv_in_process, run_kcv
 from PIL import Image
-
-from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 
-GOOD_RECIPE = '''
+GOOD_RECIPE = """
 from kerascv_app.config import Config, DataConfig, ModelConfig, TrainConfig
 
 def get_config():
     return Config(name="tiny", data=DataConfig(source={source!r}, image_size=(8, 8), channels={channels}, batch_size=8),
                   model=ModelConfig(name={model!r}, hidden_units=8), train=TrainConfig(epochs=1))
-'''
+"""
 
 
 def write_recipe(folder, text: str):
@@ -27,9 +31,9 @@ def write_recipe(folder, text: str):
     return path
 
 
-def fit_fails(tmp_path, *arguments, fragments=()):
+def fit_fails(tmp_path, *arguments, fragments=(), run=kcv_in_process):
     runs = tmp_path / "runs"
-    result = run_kcv("fit", *arguments, "--runs-dir", runs, "--quiet")
+    result = run("fit", *arguments, "--runs-dir", runs, "--quiet")
     assert_one_line_error(result, *fragments)
     # Nothing half-written: no run directory was created.
     assert not runs.exists() or not any(runs.iterdir())
@@ -43,15 +47,18 @@ def fit_fails(tmp_path, *arguments, fragments=()):
         ("x = 1\n", ["defines no get_config()"]),
         ("def get_config():\n    return {'name': 'x'}\n", ["returned dict"]),
         (
-            "from kerascv_app.config import Config, DataConfig\n\ndef get_config():\n    return Config(data=DataConfig(sauce='digits'))\n",
+            "from kerascv_app.config import Config, DataConfig\n\ndef get_config():\n"
+            "    return Config(data=DataConfig(sauce='digits'))\n",
             ["line 4", "sauce"],
         ),
         (
-            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n    return Config(train=TrainConfig(epochs='ten'))\n",
+            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n"
+            "    return Config(train=TrainConfig(epochs='ten'))\n",
             ["train.epochs", "wrong type", "int"],
         ),
         (
-            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n    return Config(train=TrainConfig(epochs=-1))\n",
+            "from kerascv_app.config import Config, TrainConfig\n\ndef get_config():\n"
+            "    return Config(train=TrainConfig(epochs=-1))\n",
             ["train.epochs", "-1"],
         ),
         (
@@ -85,6 +92,11 @@ def test_missing_recipe(tmp_path):
 )
 def test_bad_overrides(tmp_path, override, fragments):
     fit_fails(tmp_path, DIGITS, "--set", override, fragments=fragments)
+
+
+def test_a_refusal_from_a_real_process_is_one_line_with_exit_status_2(tmp_path):
+    """End to end, what the in-process refusals stand for: the installed entry point's exit status."""
+    fit_fails(tmp_path, DIGITS, "--set", "train.epocs=3", fragments=["no field 'epocs'"], run=run_kcv)
 
 
 def test_unknown_model(tmp_path):
@@ -146,28 +158,29 @@ def test_corrupt_images_among_good_ones_are_skipped_and_named(tmp_path):
 @pytest.mark.parametrize("command", ["evaluate", "resume"])
 def test_a_folder_that_is_not_a_run_directory(tmp_path, command):
     (tmp_path / "something").mkdir()
-    arguments = ["evaluate", tmp_path / "something"] if command == "evaluate" else ["fit", "--resume", tmp_path / "something"]
-    assert_one_line_error(run_kcv(*arguments), "not a run directory")
-    assert_one_line_error(run_kcv("evaluate", tmp_path / "missing"), "does not exist")
+    arguments = (
+        ["evaluate", tmp_path / "something"] if command == "evaluate" else ["fit", "--resume", tmp_path / "something"]
+    )
+    assert_one_line_error(kcv_in_process(*arguments), "not a run directory")
+    assert_one_line_error(kcv_in_process("evaluate", tmp_path / "missing"), "does not exist")
 
 
-def test_corrupt_model_file(tmp_path):
-    result = run_kcv("fit", DIGITS, "--smoke", "--runs-dir", tmp_path / "runs", "--quiet")
-    assert result.returncode == 0, result.stderr
-    run_dir = next((tmp_path / "runs").iterdir())
+def test_corrupt_model_file(tmp_path, digits_run):
+    # A copy of the shared trained run: the refusal is about the file, not about how it was trained.
+    run_dir = shutil.copytree(digits_run, tmp_path / digits_run.name)
     model = run_dir / "model.keras"
     model.write_bytes(model.read_bytes()[:100])
-    assert_one_line_error(run_kcv("evaluate", run_dir), "model.keras", "corrupt")
+    assert_one_line_error(kcv_in_process("evaluate", run_dir), "model.keras", "corrupt")
 
 
 def test_unknown_backend_and_runs_folder(tmp_path):
-    assert_one_line_error(run_kcv("runs", tmp_path / "nowhere"), "does not exist")
-    result = run_kcv("fit", DIGITS, "--runs-dir", tmp_path / "runs", env={"KERAS_BACKEND": "theano"})
+    assert_one_line_error(kcv_in_process("runs", tmp_path / "nowhere"), "does not exist")
+    result = kcv_in_process("fit", DIGITS, "--runs-dir", tmp_path / "runs", env={"KERAS_BACKEND": "theano"})
     assert_one_line_error(result, "theano")
 
 
 def test_bad_option_values_are_usage_errors_without_traceback(tmp_path):
-    result = run_kcv("fit", DIGITS, "--seed", "abc", "--runs-dir", tmp_path / "runs")
+    result = kcv_in_process("fit", DIGITS, "--seed", "abc", "--runs-dir", tmp_path / "runs")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Invalid value for '--seed'" in result.stderr
     assert not (tmp_path / "runs").exists()
@@ -201,7 +214,9 @@ def test_an_image_that_does_not_decode_mid_training_is_skipped_and_named(tmp_pat
         for name in ("cat", "dog"):
             (images / split / name).mkdir(parents=True)
             for index in range(per_class):
-                Image.fromarray(random.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(images / split / name / f"{index}.jpg", quality=90)
+                Image.fromarray(random.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    images / split / name / f"{index}.jpg", quality=90
+                )
     garble_middle(images / "train" / "cat" / "3.jpg")
     garble_middle(images / "test" / "dog" / "1.jpg")
     recipe = write_recipe(tmp_path, GOOD_RECIPE.format(source=f"folder:{images}", channels=3, model="seed_cnn"))
@@ -212,7 +227,9 @@ def test_an_image_that_does_not_decode_mid_training_is_skipped_and_named(tmp_pat
     run_dir = next((tmp_path / "runs").iterdir())
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
     environment = json.loads((run_dir / "environment.json").read_text())
-    assert sorted(path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in environment["skipped_while_training"]) == ["cat/3.jpg", "dog/1.jpg"]
+    assert sorted(
+        path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in environment["skipped_while_training"]
+    ) == ["cat/3.jpg", "dog/1.jpg"]
     # The test metrics count the images that decoded, and the saved predictions are those images'.
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["count"] == 7

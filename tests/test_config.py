@@ -5,19 +5,34 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from kcv_testing import REPO_ROOT
 
 from kerascv_app.config import Config, DataConfig, TrainConfig
 from kerascv_app.errors import UserError
 from kerascv_app.recipe import load_recipe
-from kcv_testing import REPO_ROOT
+
+# The config and the recipes are plain Python (a recipe loads without keras, see
+# test_augment_spec): no Keras backend is involved, so the tensorflow run covers them.
+pytestmark = pytest.mark.backend_independent
 
 RECIPES = sorted((REPO_ROOT / "recipes").glob("*.py"))
 
 
 def test_overrides_are_parsed_by_field_type():
-    config = Config().with_overrides(["train.epochs=5", "train.learning_rate=0.5", "train.nesterov=true", "data.image_size=16,24", "data.classes=cat,dog", "model.name=resnet"])
+    config = Config().with_overrides(
+        [
+            "train.epochs=5",
+            "train.learning_rate=0.5",
+            "train.nesterov=true",
+            "data.image_size=16,24",
+            "data.classes=cat,dog",
+            "model.name=resnet",
+        ]
+    )
     assert config.train.epochs == 5 and config.train.learning_rate == 0.5 and config.train.nesterov is True
-    assert config.data.image_size == (16, 24) and config.data.classes == ("cat", "dog") and config.model.name == "resnet"
+    assert (
+        config.data.image_size == (16, 24) and config.data.classes == ("cat", "dog") and config.model.name == "resnet"
+    )
 
 
 def test_config_is_frozen():

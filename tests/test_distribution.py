@@ -30,14 +30,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, kcv_in_process, run_kcv
 
 WEIGHT_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6}
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 # A tiny, deterministic model: dropout is random per replica, and Adam turns rounding noise
 # in near-zero gradients into full-size steps, so SGD shows what the engines compute.
-TINY_RUN = ["--smoke", "--quiet", "--set", "model.dropout=0", "--set", "train.optimizer=sgd", "--set", "train.learning_rate=0.05"]
+TINY_RUN = [
+    "--smoke",
+    "--quiet",
+    "--set",
+    "model.dropout=0",
+    "--set",
+    "train.optimizer=sgd",
+    "--set",
+    "train.learning_rate=0.05",
+]
 FIXED_ORDER = ["--set", "data.shuffle_buffer=1", "--set", "augment.ops="]
 TRAINING_SHARDS = 3
 
@@ -45,7 +53,7 @@ TRAINING_SHARDS = 3
 @pytest.fixture(scope="module")
 def digits_tfrecord(tmp_path_factory) -> Path:
     """The digits converted to three training shards, read shuffled and interleaved."""
-    from kerascv_app.data.tfrecord import convert
+    from kerascv_app.data.convert import convert
 
     directory = tmp_path_factory.mktemp("digits_tfrecord") / "digits"
     convert("digits", directory, shards=TRAINING_SHARDS, workers=2, show_progress=False)
@@ -65,7 +73,9 @@ def fit_on_two_workers(runs_dir: Path, *arguments) -> tuple[Path, Path]:
         subprocess.Popen(
             [sys.executable, "-m", "kerascv_app.cli", "fit", DIGITS, "--runs-dir", runs_dir, *TINY_RUN, *arguments],
             env={**os.environ, "KERAS_BACKEND": BACKEND, **cluster_variables(ports, index)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for index in range(2)
     ]
@@ -106,7 +116,9 @@ def saved_weights(run_dir: Path) -> dict[str, np.ndarray]:
         contents = archive.read("model.weights.h5")
     arrays = {}
     with h5py.File(io.BytesIO(contents), "r") as weights_file:
-        weights_file.visititems(lambda name, item: arrays.__setitem__(name, np.array(item)) if isinstance(item, h5py.Dataset) else None)
+        weights_file.visititems(
+            lambda name, item: arrays.__setitem__(name, np.array(item)) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -130,9 +142,15 @@ def test_two_devices_train_like_one(tmp_path, digits_tfrecord):
         assert_torch_refuses_several_devices(tmp_path)
         return
     # TensorFlow is compared on a fixed order (see the module docstring); JAX shuffled.
-    source = ["--set", "data.source=digits", *FIXED_ORDER] if BACKEND == "tensorflow" else ["--set", f"data.source=tfrecord:{digits_tfrecord}"]
+    source = (
+        ["--set", "data.source=digits", *FIXED_ORDER]
+        if BACKEND == "tensorflow"
+        else ["--set", f"data.source=tfrecord:{digits_tfrecord}"]
+    )
     one_device = fit_run(tmp_path / "one", *source)
-    two_devices = fit_run(tmp_path / "two", *source, "--set", f"train.distribution={DEVICE_ENGINE[BACKEND]}", env={"KCV_CPU_DEVICES": "2"})
+    two_devices = fit_run(
+        tmp_path / "two", *source, "--set", f"train.distribution={DEVICE_ENGINE[BACKEND]}", env={"KCV_CPU_DEVICES": "2"}
+    )
     assert_same_weights(one_device, two_devices)
     recorded = environment(two_devices)
     assert recorded["distribution"] == DEVICE_ENGINE[BACKEND] and recorded["replicas"] == 2 and recorded["workers"] == 1
@@ -140,14 +158,17 @@ def test_two_devices_train_like_one(tmp_path, digits_tfrecord):
 
 
 def test_two_workers_train_like_one_process(tmp_path, digits_tfrecord):
-    """Two local workers reading the shuffled, augmented TFRecord shards, each keeping its part of every global batch."""
+    """Two local workers reading the shuffled, augmented TFRecord shards, each keeping its part of every global
+    batch."""
     if BACKEND == "torch":
         assert_torch_refuses_several_workers(tmp_path)
         return
     source = ["--set", f"data.source=tfrecord:{digits_tfrecord}"]
     # The reference: one process, on as many devices as the two workers together.
     reference_engine = ["--set", f"train.distribution={DEVICE_ENGINE[BACKEND]}"] if BACKEND == "tensorflow" else []
-    reference = fit_run(tmp_path / "reference", *source, *reference_engine, env={"KCV_CPU_DEVICES": "2"} if reference_engine else None)
+    reference = fit_run(
+        tmp_path / "reference", *source, *reference_engine, env={"KCV_CPU_DEVICES": "2"} if reference_engine else None
+    )
     chief, worker = fit_on_two_workers(tmp_path / "cluster", *source)
     assert_same_weights(reference, chief)
     assert_same_weights(chief, worker)
@@ -160,9 +181,10 @@ def test_two_workers_train_like_one_process(tmp_path, digits_tfrecord):
     assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["count"] == metrics[1]["count"]
 
 
+@pytest.mark.backend_independent  # the config alone
 def test_batch_and_learning_rate_scale_with_replicas_only_when_asked():
-    from kerascv_app.backend import scale_for_replicas
     from kerascv_app.config import Config
+    from kerascv_app.distribution import scale_for_replicas
 
     recipe = Config().with_overrides(["data.batch_size=32", "train.learning_rate=0.05"])
     assert scale_for_replicas(recipe, 4) == recipe
@@ -170,8 +192,9 @@ def test_batch_and_learning_rate_scale_with_replicas_only_when_asked():
     assert scaled.data.batch_size == 128 and scaled.train.learning_rate == pytest.approx(0.2)
 
 
+@pytest.mark.backend_independent  # names and environment variables, no engine is started
 def test_a_cluster_picks_the_backends_multi_worker_engine(monkeypatch):
-    from kerascv_app.backend import Cluster, choose_distribution, cluster_from_environment
+    from kerascv_app.distribution import Cluster, choose_distribution, cluster_from_environment
     from kerascv_app.errors import UserError
 
     two_workers = Cluster(workers=2, worker_index=1)
@@ -197,10 +220,11 @@ def test_a_cluster_picks_the_backends_multi_worker_engine(monkeypatch):
         cluster_from_environment("jax")
 
 
+@pytest.mark.backend_independent  # tf.data only, which every backend's pipeline runs on TensorFlow
 def test_each_engine_receives_the_dataset_it_needs(tmp_path):
     import tensorflow as tf
 
-    from kerascv_app.backend import Cluster, Distribution
+    from kerascv_app.distribution import Cluster, Distribution
 
     batches = tf.data.Dataset.range(10).batch(4)
     # TensorFlow's workers each keep their part of every global batch (not whole files).
@@ -215,9 +239,10 @@ def test_each_engine_receives_the_dataset_it_needs(tmp_path):
     assert Distribution("data_parallel", 2, Cluster(2, 1)).runs_dir(tmp_path) == tmp_path / ".worker-1"
 
 
+@pytest.mark.backend_independent  # the config alone, no engine is started
 def test_data_parallel_refuses_a_batch_its_devices_cannot_share():
-    from kerascv_app.backend import Distribution
     from kerascv_app.config import Config
+    from kerascv_app.distribution import Distribution
     from kerascv_app.errors import UserError
 
     with pytest.raises(UserError, match="data.batch_size = 128 does not split evenly over the 3 devices"):
@@ -230,14 +255,34 @@ def test_data_parallel_refuses_a_batch_its_devices_cannot_share():
 
 def assert_torch_refuses_several_devices(tmp_path):
     for engine, fragment in (("mirrored", "needs the tensorflow backend"), ("data_parallel", "needs the jax backend")):
-        result = run_kcv("fit", DIGITS, "--runs-dir", tmp_path / "runs", *TINY_RUN, "--set", f"train.distribution={engine}")
+        # Refused before a model is built: in this process.
+        result = kcv_in_process(
+            "fit", DIGITS, "--runs-dir", tmp_path / "runs", *TINY_RUN, "--set", f"train.distribution={engine}"
+        )
         assert_one_line_error(result, fragment, "torch trains on one device")
     assert not (tmp_path / "runs").exists()
 
 
 def assert_torch_refuses_several_workers(tmp_path):
     ports = [free_port(), free_port()]
-    tf_config = {"TF_CONFIG": json.dumps({"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}})}
-    result = run_kcv("fit", DIGITS, "--runs-dir", tmp_path / "runs", *TINY_RUN, env=tf_config)
+    tf_config = {
+        "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": 0}}
+        )
+    }
+    result = kcv_in_process("fit", DIGITS, "--runs-dir", tmp_path / "runs", *TINY_RUN, env=tf_config)
     assert_one_line_error(result, "torch backend has no multi-worker engine")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_request_in_the_same_process_is_checked_like_the_first():
+    """The engine starts once per process; a later request is still refused when wrong (a cached
+    engine once let an in-process torch run train under train.distribution = 'mirrored')."""
+    from kerascv_app.distribution import start_distribution
+    from kerascv_app.errors import UserError
+
+    started = start_distribution("none", BACKEND)
+    assert start_distribution("none", BACKEND) is started
+    wrong = "mirrored" if BACKEND != "tensorflow" else "data_parallel"
+    with pytest.raises(UserError, match=f"'{wrong}' needs the"):
+        start_distribution(wrong, BACKEND)

@@ -15,52 +15,14 @@ import shutil
 
 import numpy as np
 import pytest
-
-from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import REPO_ROOT, VALIDATION_FRACTION, assert_one_line_error, kcv_in_process, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 AGREEMENT_TOLERANCE = 1e-5
-#: A second recipe over the digits data: another architecture, the same data settings.
-DIGITS_RESNET_RECIPE = '''
-from kerascv_app.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
 
-
-def get_config():
-    return Config(
-        name="digits_resnet",
-        data=DataConfig(source="digits", image_size=(8, 8), channels=1, batch_size=32, val_fraction=0.1, test_fraction=0.2),
-        augment=AugmentConfig(normalization="unit"),
-        model=ModelConfig(name="resnet", depth=8, width=4),
-        train=TrainConfig(epochs=15, optimizer="adamw", learning_rate=2e-3),
-    )
-'''
-#: 431 validation images (43 per class): enough for stacking; the members learn (test
-#: accuracy about 0.9), so that a combining mistake would show.
-MEMBER_DATA = ("--set", "data.val_fraction=0.3", "--set", "train.epochs=8", "--set", "train.learning_rate=0.004")
-VALIDATION_FRACTION = 0.3
-#: Well above chance (0.1) for ten digit classes.
-MEMBERS_LEARNED = 0.8
-
-
-@pytest.fixture(scope="session")
-def member_runs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ensemble_members")
-    runs = folder / "runs"
-    resnet_recipe = folder / "digits_resnet.py"
-    resnet_recipe.write_text(DIGITS_RESNET_RECIPE)
-    members = [(DIGITS, ["--set", "model.hidden_units=16"]), (DIGITS, ["--set", "model.hidden_units=32"]), (resnet_recipe, [])]
-    for seed, (recipe, options) in enumerate(members):
-        result = run_kcv("fit", recipe, "--quiet", "--runs-dir", runs, "--seed", str(seed), *MEMBER_DATA, *options)
-        assert result.returncode == 0, result.stderr
-    # Run names start with the recipe's name: order them by when they started (the
-    # timestamp ends the name), as they were trained.
-    members = sorted(runs.iterdir(), key=lambda path: path.name.split("-", 1)[1])
-    assert [read_json(path / "config.json")["name"] for path in members] == ["digits", "digits", "digits_resnet"]
-    # Members that predict one class could not show a combining mistake: they must have learned.
-    for path in members:
-        accuracy = read_json(path / "metrics.json")["test"]["accuracy"]
-        assert accuracy > MEMBERS_LEARNED, f"member {path.name} did not learn: test accuracy {accuracy}"
-    return members
+# Under jax: tests/test_tour.py builds a weighted ensemble of jax runs, and
+# tests/test_export_onnx.py exports an averaged one and checks it against the members.
+pytestmark = pytest.mark.backends("tensorflow", "torch")
 
 
 def saved(run_dir, split_file="test.npz"):
@@ -93,7 +55,17 @@ def exported_model_probabilities(ensemble_dir):
 
 
 def assert_complete_ensemble(ensemble_dir, members, method, tta=None):
-    for name in ("ensemble.json", "metrics.json", "model.keras", "model.json", "config.json", "environment.json", "splits.json", "predictions/val.npz", "predictions/test.npz"):
+    for name in (
+        "ensemble.json",
+        "metrics.json",
+        "model.keras",
+        "model.json",
+        "config.json",
+        "environment.json",
+        "splits.json",
+        "predictions/val.npz",
+        "predictions/test.npz",
+    ):
         assert (ensemble_dir / name).is_file(), name
     assert read_json(ensemble_dir / "model.json")["kind"] == "ensemble"
     record = read_json(ensemble_dir / "ensemble.json")
@@ -104,9 +76,15 @@ def assert_complete_ensemble(ensemble_dir, members, method, tta=None):
     if tta is None:
         # Without --tta the members are scored on the predictions their runs saved.
         for member, member_metrics in zip(members, metrics["members"]):
-            assert member_metrics["test"]["accuracy"] == pytest.approx(read_json(member / "metrics.json")["test"]["accuracy"])
+            assert member_metrics["test"]["accuracy"] == pytest.approx(
+                read_json(member / "metrics.json")["test"]["accuracy"]
+            )
     for scores in [metrics["test"], metrics["validation"], *(member["test"] for member in metrics["members"])]:
-        assert 0.0 <= scores["accuracy"] <= 1.0 and scores["loss"] > 0 and 0.0 <= scores["expected_calibration_error"] <= 1.0
+        assert (
+            0.0 <= scores["accuracy"] <= 1.0
+            and scores["loss"] > 0
+            and 0.0 <= scores["expected_calibration_error"] <= 1.0
+        )
     probabilities, labels = saved(ensemble_dir)
     assert metrics["test"]["accuracy"] == pytest.approx(float((probabilities.argmax(1) == labels).mean()))
     # The one Keras model gives the combination computed in NumPy / scikit-learn.
@@ -156,8 +134,17 @@ def scikit_learn_meta_learner(meta):
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
     if meta == "logistic":
-        return LogisticRegressionCV(Cs=list(np.logspace(-3, 1, 5)), l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss", max_iter=5000, use_legacy_attributes=False)
-    return CalibratedClassifierCV(RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))), method="temperature", cv=folds, ensemble=False)
+        return LogisticRegressionCV(
+            Cs=list(np.logspace(-3, 1, 5)),
+            l1_ratios=(0.0,),
+            cv=folds,
+            scoring="neg_log_loss",
+            max_iter=5000,
+            use_legacy_attributes=False,
+        )
+    return CalibratedClassifierCV(
+        RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))), method="temperature", cv=folds, ensemble=False
+    )
 
 
 @pytest.mark.parametrize("meta", ["logistic", "ridge"])
@@ -177,7 +164,9 @@ def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_run
 
     meta_learner = scikit_learn_meta_learner(meta)
     with threadpool_limits(limits=1):
-        expected = meta_learner.fit(member_features(member_runs, "val.npz"), labels).predict_proba(member_features(member_runs, "test.npz"))
+        expected = meta_learner.fit(member_features(member_runs, "val.npz"), labels).predict_proba(
+            member_features(member_runs, "test.npz")
+        )
     np.testing.assert_allclose(probabilities, expected, atol=AGREEMENT_TOLERANCE)
     parameters = record["meta_learner_parameters"]
     assert np.array(parameters["kernel"]).shape == (3 * 10, 10) and len(parameters["bias"]) == 10
@@ -191,11 +180,12 @@ def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_run
         # Calibrated: better log-loss and calibration than a softmax of the ridge's raw scores.
         from sklearn.linear_model import RidgeClassifierCV
 
-        from kerascv_app.ensemble.build import expected_calibration_error
-        from kerascv_app.evaluate.metrics import softmax
+        from kerascv_app.evaluate.metrics import expected_calibration_error, softmax
 
         test_labels = saved(member_runs[0])[1]
-        ridge = RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))).fit(member_features(member_runs, "val.npz"), labels)
+        ridge = RidgeClassifierCV(alphas=list(np.logspace(-1, 3, 5))).fit(
+            member_features(member_runs, "val.npz"), labels
+        )
         raw = softmax(ridge.decision_function(member_features(member_runs, "test.npz")))
         raw_loss = -np.mean(np.log(raw[np.arange(len(test_labels)), test_labels]))
         assert metrics["test"]["loss"] < raw_loss
@@ -212,7 +202,9 @@ def test_gbm_stacking_keeps_the_scikit_learn_model_and_evaluate_says_why_not(tmp
     assert "no model.keras" in result.stdout, result.stdout
     assert not (out / "model.keras").exists() and not (out / "model.json").exists()
     meta_learner = joblib.load(out / "meta_learner.joblib")
-    np.testing.assert_allclose(saved(out)[0], meta_learner.predict_proba(member_features(members, "test.npz")), atol=1e-6)
+    np.testing.assert_allclose(
+        saved(out)[0], meta_learner.predict_proba(member_features(members, "test.npz")), atol=1e-6
+    )
     assert_one_line_error(run_kcv("evaluate", out), "gbm", "no model.keras")
 
 
@@ -227,7 +219,7 @@ def test_tta_flip_model_matches_the_mirrored_predictions(tmp_path, member_runs):
 def copy_run(source, destination, edit=None):
     """A copy of a member run, with records changed (one edit or a list): a member that differs."""
     shutil.copytree(source, destination)
-    for file_name, change in ([edit] if isinstance(edit, tuple) else edit or []):
+    for file_name, change in [edit] if isinstance(edit, tuple) else edit or []:
         record = read_json(destination / file_name)
         change(record)
         (destination / file_name).write_text(json.dumps(record))
@@ -237,8 +229,14 @@ def copy_run(source, destination, edit=None):
 def test_without_run_dirs_takes_the_runs_matching_the_newest(tmp_path, member_runs):
     runs = tmp_path / "runs"
     runs.mkdir()
-    other_classes = copy_run(member_runs[0], runs / "digits-0-other-classes", ("model.json", lambda record: record.update(class_names=list("abcdefghij"))))
-    unfinished = copy_run(member_runs[0], runs / "digits-1-unfinished", ("run.json", lambda record: record.update(status="failed")))
+    other_classes = copy_run(
+        member_runs[0],
+        runs / "digits-0-other-classes",
+        ("model.json", lambda record: record.update(class_names=list("abcdefghij"))),
+    )
+    unfinished = copy_run(
+        member_runs[0], runs / "digits-1-unfinished", ("run.json", lambda record: record.update(status="failed"))
+    )
     copies = [copy_run(member, runs / member.name) for member in member_runs]
     # Oldest first: the doctored runs, then the members, the newest of which is the reference.
     for age, path in enumerate([other_classes, unfinished, *copies]):
@@ -264,10 +262,19 @@ def change_validation_fraction(record):
 @pytest.mark.parametrize(
     "edit, fragments",
     [
-        (("model.json", lambda record: record.update(class_names=list("abcdefghij"))), ["differs-member", "has classes"]),
-        (("environment.json", lambda record: record.update(data_fingerprint="0123456789abcdef")), ["differs-member", "other data", "0123456789abcdef"]),
+        (
+            ("model.json", lambda record: record.update(class_names=list("abcdefghij"))),
+            ["differs-member", "has classes"],
+        ),
+        (
+            ("environment.json", lambda record: record.update(data_fingerprint="0123456789abcdef")),
+            ["differs-member", "other data", "0123456789abcdef"],
+        ),
         (("splits.json", change_validation_split), ["differs-member", "another validation split", "data.split_seed"]),
-        ([("splits.json", change_validation_split), ("config.json", change_validation_fraction)], ["differs-member", "another validation split", f"data.val_fraction is 0.5, not {VALIDATION_FRACTION}"]),
+        (
+            [("splits.json", change_validation_split), ("config.json", change_validation_fraction)],
+            ["differs-member", "another validation split", f"data.val_fraction is 0.5, not {VALIDATION_FRACTION}"],
+        ),
         (("run.json", lambda record: record.update(status="failed")), ["differs-member", "is failed, not finished"]),
         (("model.json", lambda record: record.update(image_size=[16, 16])), ["differs-member", "16x16x1"]),
     ],
@@ -275,7 +282,10 @@ def change_validation_fraction(record):
 )
 def test_a_member_that_differs_is_refused_by_name(tmp_path, member_runs, edit, fragments):
     differing = copy_run(member_runs[1], tmp_path / "differs-member", edit)
-    result = run_kcv("ensemble", member_runs[0], differing, member_runs[2], "--average", "--out", tmp_path / "ensembles" / "out")
+    # Refused before any model is loaded: in this process.
+    result = kcv_in_process(
+        "ensemble", member_runs[0], differing, member_runs[2], "--average", "--out", tmp_path / "ensembles" / "out"
+    )
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "ensembles").exists()
 
@@ -298,7 +308,7 @@ def test_bad_ensemble_input_is_one_line(tmp_path, member_runs, arguments, fragme
     arguments = [argument.format(*member_runs, **values) for argument in arguments]
     if "--out" not in arguments:
         arguments += ["--out", str(tmp_path / "out")]
-    result = run_kcv("ensemble", *arguments)
+    result = kcv_in_process("ensemble", *arguments)
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "out").exists()
     # Nothing half-written beside the destination either.
@@ -308,6 +318,7 @@ def test_bad_ensemble_input_is_one_line(tmp_path, member_runs, arguments, fragme
 # The combiners without the command line
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 def test_fitted_weights_favour_the_better_member_and_stay_on_the_simplex():
     from kerascv_app.ensemble.combiners import fit_weights
 
@@ -321,6 +332,7 @@ def test_fitted_weights_favour_the_better_member_and_stay_on_the_simplex():
     assert weights[0] > 0.9
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 @pytest.mark.parametrize("meta", ["logistic", "ridge"])
 def test_two_class_linear_meta_learners_become_an_equivalent_linear_layer(meta):
     from kerascv_app.ensemble.combiners import linear_parameters, make_meta_learner, meta_learner_probabilities
@@ -332,9 +344,12 @@ def test_two_class_linear_meta_learners_become_an_equivalent_linear_layer(meta):
     meta_learner = make_meta_learner(meta).fit(features, labels)
     kernel, bias = linear_parameters(meta_learner, 2)
     assert kernel.shape == (4, 2)
-    np.testing.assert_allclose(softmax(features @ kernel + bias), meta_learner_probabilities(meta_learner, features), atol=1e-12)
+    np.testing.assert_allclose(
+        softmax(features @ kernel + bias), meta_learner_probabilities(meta_learner, features), atol=1e-12
+    )
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 def test_methods_the_validation_split_cannot_fit_are_refused_early():
     from kerascv_app.ensemble.combiners import check_fittable
     from kerascv_app.errors import UserError
@@ -345,8 +360,9 @@ def test_methods_the_validation_split_cannot_fit_are_refused_early():
             check_fittable(method, None, 3)
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 def test_expected_calibration_error_of_sure_answers():
-    from kerascv_app.ensemble.build import expected_calibration_error
+    from kerascv_app.evaluate.metrics import expected_calibration_error
 
     sure = np.eye(3)[[0, 1, 2, 0]]
     assert expected_calibration_error(sure, np.array([0, 1, 2, 0])) == pytest.approx(0.0)
@@ -372,7 +388,10 @@ def members_that_err_differently(labels, num_classes=10, seed=0):
         logits[rows, labels] += 3.0
         confused = np.flatnonzero(np.isin(labels, weak) & (random.random(len(labels)) < 0.5))
         partner = 3 * member + (labels[confused] - 3 * member + 1) % 3
-        logits[confused, labels[confused]], logits[confused, partner] = logits[confused, partner], logits[confused, labels[confused]]
+        logits[confused, labels[confused]], logits[confused, partner] = (
+            logits[confused, partner],
+            logits[confused, labels[confused]],
+        )
         # Over-confident, as trained nets are.
         probabilities = np.exp(1.5 * logits)
         members.append(probabilities / probabilities.sum(axis=1, keepdims=True))
@@ -387,14 +406,18 @@ def accuracy(probabilities, labels):
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 @pytest.mark.parametrize("meta", ["logistic", "ridge"])
 def test_stacking_beats_every_member_and_the_average_when_errors_differ(meta):
-    from kerascv_app.ensemble.build import expected_calibration_error
     from kerascv_app.ensemble.combiners import combine
+    from kerascv_app.evaluate.metrics import expected_calibration_error
 
     random = np.random.default_rng(5)
     validation_labels, test_labels = random.integers(0, 10, 431), random.integers(0, 10, 360)
-    validation, test = members_that_err_differently(validation_labels, seed=1), members_that_err_differently(test_labels, seed=2)
+    validation, test = (
+        members_that_err_differently(validation_labels, seed=1),
+        members_that_err_differently(test_labels, seed=2),
+    )
     stacked = combine("stacking", meta, validation, validation_labels, test)
     assert stacked.method == "stacking" and stacked.fallback is None
     average = combine("average", None, validation, validation_labels, test).test_probabilities
@@ -415,6 +438,7 @@ def calibrated_copies(count, seed):
     return [copy / copy.sum(axis=1, keepdims=True) for copy in copies], labels
 
 
+@pytest.mark.backend_independent  # NumPy, SciPy and scikit-learn on arrays: no Keras backend
 def test_stacking_that_does_not_beat_the_weighted_average_out_of_fold_falls_back_and_says_why():
     from kerascv_app.ensemble.combiners import combine, fit_weights, weighted_average
 
@@ -429,7 +453,12 @@ def test_stacking_that_does_not_beat_the_weighted_average_out_of_fold_falls_back
 def write_synthetic_predictions(run_dir, split_file, probabilities, labels):
     """Replaces a run's saved predictions, in the format kcv fit writes."""
     class_names = np.array([str(index) for index in range(probabilities.shape[1])])
-    np.savez_compressed(run_dir / "predictions" / split_file, probabilities=probabilities.astype(np.float32), labels=labels, class_names=class_names)
+    np.savez_compressed(
+        run_dir / "predictions" / split_file,
+        probabilities=probabilities.astype(np.float32),
+        labels=labels,
+        class_names=class_names,
+    )
 
 
 def synthetic_members(tmp_path, member_runs, validation_images=None):
@@ -463,7 +492,11 @@ def test_kcv_ensemble_on_a_tiny_validation_split_falls_back_to_the_weighted_aver
     members = synthetic_members(tmp_path, member_runs, validation_images=30)
     out, result = make_ensemble(tmp_path, members, "--stacking")
     notes = [line for line in result.stdout.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "needs at least 10 of every class (100 images for 10 classes" in notes[0] and "--weighted" in notes[0], result.stdout
+    assert (
+        len(notes) == 1
+        and "needs at least 10 of every class (100 images for 10 classes" in notes[0]
+        and "--weighted" in notes[0]
+    ), result.stdout
     record = read_json(out / "ensemble.json")
     assert record["method"] == "weighted" and record["requested"] == "stacking-logistic" and len(record["weights"]) == 3
     assert read_json(out / "metrics.json")["fallback"] == record["fallback"]
@@ -497,6 +530,6 @@ def test_kcv_ensemble_with_a_truncated_member_prediction_file_is_one_line(tmp_pa
     copy = copy_run(member_runs[1], tmp_path / "truncated-member")
     path = copy / "predictions" / "val.npz"
     path.write_bytes(path.read_bytes()[:100])
-    result = run_kcv("ensemble", member_runs[0], copy, "--stacking", "--out", tmp_path / "ensembles" / "out")
+    result = kcv_in_process("ensemble", member_runs[0], copy, "--stacking", "--out", tmp_path / "ensembles" / "out")
     assert_one_line_error(result, str(path), "corrupt or truncated", "kcv fit")
     assert not (tmp_path / "ensembles").exists() or not any((tmp_path / "ensembles").iterdir())

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kcv_testing import BACKEND, assert_one_line_error, kcv_in_process, run_kcv
 
-from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
 from kerascv_app.errors import UserError
-from kerascv_app.export import FAULT_VARIABLE, PARITY_TOLERANCE
+from kerascv_app.export import PARITY_TOLERANCE
 from kerascv_app.export.atomic import choose_version, default_model_name
+from kerascv_app.faults import EXPORT_FAULT_VARIABLE
 from kerascv_app.model_dir import open_model_directory
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
@@ -42,7 +43,8 @@ request = json.loads(open(request_path).read())
 def decoded(value):
     return base64.b64decode(value["b64"]) if isinstance(value, dict) and "b64" in value else value
 
-inputs = {name: tf.constant([decoded(instance[name]) for instance in request["instances"]]) for name in request["instances"][0]}
+inputs = {name: tf.constant([decoded(instance[name]) for instance in request["instances"]])
+    for name in request["instances"][0]}
 answers = {
     "serving_bytes": loaded.signatures["serving_bytes"](**inputs),
     "serving_default": loaded.signatures["serving_default"](images=tf.constant(np.load(pixels_path)["pixels"])),
@@ -50,9 +52,11 @@ answers = {
 
 def row(outputs, index):
     value = {name: tensor[index].numpy() for name, tensor in outputs.items()}
-    return {"probabilities": value["probabilities"].tolist(), "class_id": int(value["class_id"]), "class_name": value["class_name"].decode()}
+    return {"probabilities": value["probabilities"].tolist(), "class_id": int(value["class_id"]),
+        "class_name": value["class_name"].decode()}
 
-response = {name: {"predictions": [row(outputs, i) for i in range(len(request["instances"]))]} for name, outputs in answers.items()}
+response = {name: {"predictions": [row(outputs, i) for i in range(len(request["instances"]))]}
+    for name, outputs in answers.items()}
 response["keras_imported"] = sys.modules.get("keras") is not None
 open(response_path, "w").write(json.dumps(response))
 """
@@ -84,7 +88,10 @@ def test_saved_model_cli_lists_both_signatures(digits_export):
     saved_model_cli = shutil.which("saved_model_cli") or str(Path(sys.executable).parent / "saved_model_cli")
     result = subprocess.run(
         [saved_model_cli, "show", "--dir", str(digits_export), "--all"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr
     listing = result.stdout
@@ -95,7 +102,9 @@ def test_saved_model_cli_lists_both_signatures(digits_export):
         assert f"outputs['{output}']" in listing, output
 
 
-def test_a_rest_request_is_answered_like_the_keras_model_without_keras(digits_run, digits_export, digit_images, tmp_path):
+def test_a_rest_request_is_answered_like_the_keras_model_without_keras(
+    digits_run, digits_export, digit_images, tmp_path
+):
     from kerascv_app.data.pipeline import decode_image
     from kerascv_app.export.predict import keras_probabilities
 
@@ -105,12 +114,27 @@ def test_a_rest_request_is_answered_like_the_keras_model_without_keras(digits_ru
     pixels = np.stack([decode_image(path.read_bytes(), (8, 8), 1).numpy() for path in digit_images])
     reference = keras_probabilities(model, pixels)
 
-    request = {"instances": [{"image_bytes": {"b64": base64.b64encode(path.read_bytes()).decode("ascii")}} for path in digit_images]}
+    request = {
+        "instances": [
+            {"image_bytes": {"b64": base64.b64encode(path.read_bytes()).decode("ascii")}} for path in digit_images
+        ]
+    }
     (tmp_path / "request.json").write_text(json.dumps(request))
     np.savez(tmp_path / "pixels.npz", pixels=pixels)
     served = subprocess.run(
-        [sys.executable, "-c", SERVING_SCRIPT, str(digits_export), str(tmp_path / "request.json"), str(tmp_path / "pixels.npz"), str(tmp_path / "response.json")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            "-c",
+            SERVING_SCRIPT,
+            str(digits_export),
+            str(tmp_path / "request.json"),
+            str(tmp_path / "pixels.npz"),
+            str(tmp_path / "response.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert served.returncode == 0, served.stderr
     response = json.loads((tmp_path / "response.json").read_text())
@@ -123,10 +147,13 @@ def test_a_rest_request_is_answered_like_the_keras_model_without_keras(digits_ru
         assert [row["class_name"] for row in rows] == [DIGIT_NAMES[row["class_id"]] for row in rows]
 
 
+# Under torch: killing and cleaning up do not depend on the backend; torch runs' SavedModel
+# export is tested by the other tests of this file.
+@pytest.mark.backends("tensorflow", "jax")
 def test_a_killed_export_leaves_nothing_servable_and_the_next_export_cleans_up(digits_run, tmp_path):
     model_root = tmp_path / "digits"
     (model_root / "3").mkdir(parents=True)
-    killed = run_kcv("export", digits_run, "--base", tmp_path, env={FAULT_VARIABLE: "kill_before_rename"})
+    killed = run_kcv("export", digits_run, "--base", tmp_path, env={EXPORT_FAULT_VARIABLE: "kill_before_rename"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     # Killed after the SavedModel was written and verified, before the rename: the
     # complete export sits under a name TF Serving skips; no new version appeared.
@@ -142,18 +169,17 @@ def test_a_killed_export_leaves_nothing_servable_and_the_next_export_cleans_up(d
 
 
 def test_an_export_that_differs_from_the_keras_model_is_not_published(digits_run, tmp_path):
-    result = run_kcv("export", digits_run, "--base", tmp_path, "--name", "perturbed", env={FAULT_VARIABLE: "perturb_weights"})
+    result = run_kcv(
+        "export", digits_run, "--base", tmp_path, "--name", "perturbed", env={EXPORT_FAULT_VARIABLE: "perturb_weights"}
+    )
     assert_one_line_error(result, "differ from the Keras model", "nothing was published")
     assert list((tmp_path / "perturbed").iterdir()) == []
 
 
-def test_a_mixed_precision_run_is_served_in_float32(tmp_path):
+def test_a_mixed_precision_run_is_served_in_float32(mixed_bfloat16_run, tmp_path):
     # Half-precision results differ between backends by more than the tolerance: the
     # export computes in float32, where the Keras model and the SavedModel agree.
-    fitted = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--runs-dir", tmp_path / "runs", "--precision", "mixed_bfloat16", "--quiet")
-    assert fitted.returncode == 0, fitted.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
-    exported = run_kcv("export", run_dir, "--base", tmp_path / "saved_models")
+    exported = run_kcv("export", mixed_bfloat16_run, "--base", tmp_path / "saved_models")
     assert exported.returncode == 0, exported.stderr
     report = json.loads((tmp_path / "saved_models" / "digits" / "1" / "export_report.json").read_text())
     assert report["trained_precision"] == "mixed_bfloat16" and report["serving_precision"] == "float32"
@@ -179,11 +205,13 @@ def test_bad_export_input_is_one_line_and_writes_nothing(digits_run, tmp_path, a
     base = tmp_path / "saved_models"
     (base / "digits" / "1").mkdir(parents=True)
     paths = {"missing": tmp_path / "no-such-run", "corrupt": corrupt, "run": digits_run}
-    result = run_kcv("export", *[argument.format(**paths) for argument in arguments], "--base", base)
+    # Refused before anything is exported: in this process.
+    result = kcv_in_process("export", *[argument.format(**paths) for argument in arguments], "--base", base)
     assert_one_line_error(result, *fragments)
     assert sorted(path.name for path in base.rglob("*")) == ["1", "digits"]
 
 
+@pytest.mark.backend_independent  # folder names only
 def test_version_choice(tmp_path):
     model_root = tmp_path / "digits"
     assert choose_version(model_root, None) == 1
@@ -199,6 +227,7 @@ def test_version_choice(tmp_path):
         choose_version(model_root, -2)
 
 
+@pytest.mark.backend_independent  # folder names only
 def test_default_name_is_the_recipe_name(tmp_path):
     from kerascv_app.model_dir import ModelDirectory
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from kcv_testing import BACKEND, assert_one_line_error, predicted, run_kcv
-from kerascv_app.export import FAULT_VARIABLE, PARITY_TOLERANCE
+
+from kerascv_app.export import PARITY_TOLERANCE
+from kerascv_app.faults import EXPORT_FAULT_VARIABLE
 from kerascv_app.model_dir import open_model_directory
 
 DIGIT_NAMES = [str(digit) for digit in range(10)]
@@ -53,7 +54,10 @@ def test_onnx_export_is_verified_published_beside_tf_serving_and_matches_keras(d
     report = json.loads((onnx_export / "export_report.json").read_text())
     assert report["format"] == "onnx" and report["name"] == "digits" and report["version"] == 1
     assert report["source"] == str(digits_run.resolve()) and report["trained_backend"] == BACKEND
-    assert report["class_names"] == DIGIT_NAMES and report["inputs"]["images"] == {"dtype": "uint8", "shape": [None, 8, 8, 1]}
+    assert report["class_names"] == DIGIT_NAMES and report["inputs"]["images"] == {
+        "dtype": "uint8",
+        "shape": [None, 8, 8, 1],
+    }
     parity = report["parity"]
     assert parity["max_difference"] <= PARITY_TOLERANCE and parity["reloaded_without_tensorflow_or_keras"]
     assert set(parity["max_difference_by_batch_size"]) == {"1", "8"}
@@ -75,24 +79,31 @@ def test_onnx_export_is_verified_published_beside_tf_serving_and_matches_keras(d
     reference = keras_probabilities(model, images)
     for batch in (images[:1], images):
         probabilities, class_id = session.run(["probabilities", "class_id"], {"images": batch})
-        np.testing.assert_allclose(probabilities, reference[:len(batch)], atol=PARITY_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(probabilities, reference[: len(batch)], atol=PARITY_TOLERANCE, rtol=0)
         assert class_id.dtype == np.int64 and class_id.tolist() == probabilities.argmax(axis=1).tolist()
 
 
-def test_predict_on_onnx_needs_neither_tensorflow_nor_keras(digits_run, onnx_export, model_size_images, digit_images, tmp_path):
+def test_predict_on_onnx_needs_neither_tensorflow_nor_keras(
+    digits_run, onnx_export, model_size_images, digit_images, tmp_path
+):
     hidden = tmp_path / "hidden"
     markers = tmp_path / "import_markers"
     markers.mkdir()
     for name in ("tensorflow", "keras"):
         (hidden / name).mkdir(parents=True)
         (hidden / name / "__init__.py").write_text(HIDING_PACKAGE.format(name=name))
-    environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")])), "KCV_TEST_IMPORT_MARKERS": str(markers)}
+    environment = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")])),
+        "KCV_TEST_IMPORT_MARKERS": str(markers),
+    }
     images = [*model_size_images, *digit_images]
     from_run = predicted(run_kcv("predict", digits_run, *images, "--top-k", "10", "--json"))
     # The file itself, and the version folder holding it.
     for model in (onnx_export / "model.onnx", onnx_export):
         from_onnx = predicted(run_kcv("predict", model, *images, "--top-k", "10", "--json", env=environment))
-        assert sorted(path.name for path in markers.iterdir()) == [], "kcv predict on an .onnx model tried to import tensorflow or keras"
+        assert sorted(path.name for path in markers.iterdir()) == [], (
+            "kcv predict on an .onnx model tried to import tensorflow or keras"
+        )
         assert list(from_onnx) == list(from_run)
         for path in model_size_images:
             run_probabilities, onnx_probabilities = from_run[str(path)], from_onnx[str(path)]
@@ -105,6 +116,8 @@ def test_predict_on_onnx_needs_neither_tensorflow_nor_keras(digits_run, onnx_exp
             assert next(iter(from_onnx[str(path)])) == next(iter(from_run[str(path)])), path
 
 
+# Under torch: the ensemble's combining layers are backend-free; torch runs' ONNX export is tested above.
+@pytest.mark.backends("tensorflow", "jax")
 def test_an_ensemble_exports_to_onnx(digits_run, tmp_path):
     from kerascv_app.export.onnx_runtime import OnnxClassifier
     from kerascv_app.export.predict import keras_probabilities
@@ -128,8 +141,20 @@ def test_an_ensemble_exports_to_onnx(digits_run, tmp_path):
     np.testing.assert_allclose(classifier.run(images)["probabilities"], reference, atol=PARITY_TOLERANCE, rtol=0)
 
 
+# Under torch: the parity gate is the same code for every backend; torch runs' ONNX parity is tested above.
+@pytest.mark.backends("tensorflow", "jax")
 def test_an_onnx_export_that_differs_from_the_keras_model_is_not_published(digits_run, tmp_path):
-    result = run_kcv("export", digits_run, "--base", tmp_path, "--name", "perturbed", "--format", "onnx", env={FAULT_VARIABLE: "perturb_weights"})
+    result = run_kcv(
+        "export",
+        digits_run,
+        "--base",
+        tmp_path,
+        "--name",
+        "perturbed",
+        "--format",
+        "onnx",
+        env={EXPORT_FAULT_VARIABLE: "perturb_weights"},
+    )
     assert_one_line_error(result, "model.onnx's probabilities differ from the Keras model", "nothing was published")
     # Not even the staging folder is left.
     assert list((tmp_path / "onnx" / "perturbed").iterdir()) == []
@@ -154,12 +179,28 @@ def write_gbm_ensemble(folder: Path) -> Path:
         (["predict", "{garbage}", "{image}"], ["cannot be loaded as an ONNX model", "kcv export --format onnx"], False),
         (["predict", "{missing}", "{image}"], ["does not exist", "--format onnx"], False),
     ],
-    ids=["unknown-format", "gbm-ensemble-onnx", "gbm-ensemble-savedmodel", "savedmodel-named-onnx", "onnx-extra-missing", "garbage-onnx", "missing-onnx"],
+    ids=[
+        "unknown-format",
+        "gbm-ensemble-onnx",
+        "gbm-ensemble-savedmodel",
+        "savedmodel-named-onnx",
+        "onnx-extra-missing",
+        "garbage-onnx",
+        "missing-onnx",
+    ],
 )
-def test_bad_onnx_input_is_one_line_and_writes_nothing(digits_run, digit_images, tmp_path, arguments, fragments, hide_tf2onnx):
+def test_bad_onnx_input_is_one_line_and_writes_nothing(
+    digits_run, digit_images, tmp_path, arguments, fragments, hide_tf2onnx
+):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not a protobuf at all" * 10)
-    paths = {"run": digits_run, "gbm": write_gbm_ensemble(tmp_path / "gbm-ensemble"), "garbage": garbage, "missing": tmp_path / "none.onnx", "image": digit_images[0]}
+    paths = {
+        "run": digits_run,
+        "gbm": write_gbm_ensemble(tmp_path / "gbm-ensemble"),
+        "garbage": garbage,
+        "missing": tmp_path / "none.onnx",
+        "image": digit_images[0],
+    }
     base = tmp_path / "saved_models"
     base.mkdir()
     env = {}

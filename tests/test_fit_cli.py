@@ -7,12 +7,30 @@ import json
 
 import numpy as np
 import pytest
-
-from kcv_testing import BACKEND, CIFAR10_JPEG, NO_CIFAR10_JPEG, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import (
+    BACKEND,
+    CIFAR10_JPEG,
+    NO_CIFAR10_JPEG,
+    REPO_ROOT,
+    assert_one_line_error,
+    kcv_in_process,
+    run_kcv,
+)
 
 RUN_FILES = [
-    "run.json", "config.json", "recipe.py", "environment.json", "splits.json", "history.csv", "metrics.json",
-    "model.keras", "model.json", "predictions/val.npz", "predictions/test.npz", "confusion_matrix.png", "curves.png",
+    "run.json",
+    "config.json",
+    "recipe.py",
+    "environment.json",
+    "splits.json",
+    "history.csv",
+    "metrics.json",
+    "model.keras",
+    "model.json",
+    "predictions/val.npz",
+    "predictions/test.npz",
+    "confusion_matrix.png",
+    "curves.png",
 ]
 
 
@@ -43,21 +61,21 @@ def assert_complete_run(run_dir, recipe_name: str, num_classes: int):
     return metrics
 
 
-def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(tmp_path):
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--runs-dir", tmp_path / "runs", "--set", "train.epochs=3")
-    assert result.returncode == 0, result.stderr
-    run_dir = only_run(tmp_path / "runs")
+def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(digits_run):
+    """On the session's digits run (kcv fit recipes/digits.py, 8 epochs: kcv_testing.LEARNING_DIGITS_RUN)."""
+    run_dir = digits_run
     metrics = assert_complete_run(run_dir, "digits", 10)
-    # Three epochs on digits already learn: far above the 10% of chance.
+    # Eight epochs on digits learn: far above the 10% of chance.
     assert metrics["test"]["accuracy"] > 0.6
     with open(run_dir / "history.csv") as handle:
-        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
+        assert [row["epoch"] for row in csv.DictReader(handle)] == [str(epoch) for epoch in range(8)]
 
     evaluated = run_kcv("evaluate", run_dir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
 
-    listed = run_kcv("runs", tmp_path / "runs")
+    # Listing reads the records only: in this process.
+    listed = kcv_in_process("runs", run_dir.parent)
     assert listed.returncode == 0 and run_dir.name in listed.stdout and "finished" in listed.stdout
 
 
@@ -85,26 +103,53 @@ def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, fashion_mnis
 @pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=NO_CIFAR10_JPEG)
 def test_cifar10_baseline_smoke_on_the_real_jpeg_copy(tmp_path):
     result = run_kcv(
-        "fit", REPO_ROOT / "recipes" / "cifar10_baseline.py", "--smoke", "--runs-dir", tmp_path / "runs",
-        "--set", f"data.source=folder:{CIFAR10_JPEG}",
+        "fit",
+        REPO_ROOT / "recipes" / "cifar10_baseline.py",
+        "--smoke",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        f"data.source=folder:{CIFAR10_JPEG}",
     )
     assert result.returncode == 0, result.stderr
     run_dir = only_run(tmp_path / "runs")
     assert_complete_run(run_dir, "cifar10_baseline", 10)
     environment = json.loads((run_dir / "environment.json").read_text())
-    assert environment["class_names"] == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert environment["class_names"] == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
 
 
+# Under jax and torch: tests/test_resume.py kills and resumes runs at three points, exactly.
+@pytest.mark.backends("tensorflow")
 def test_resume_after_a_forced_kill_completes_the_run(tmp_path):
     recipe = REPO_ROOT / "recipes" / "digits.py"
-    killed = run_kcv("fit", recipe, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=3", "--quiet", env={"KCV_KILL_AFTER_EPOCH": "2"})
+    killed = run_kcv(
+        "fit",
+        recipe,
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        "train.epochs=3",
+        "--quiet",
+        env={"KCV_KILL_AFTER_EPOCH": "2"},
+    )
     assert killed.returncode != 0
     run_dir = only_run(tmp_path / "runs")
     # Killed: not finished, not mistaken for finished, no metrics.
     assert not (run_dir / "metrics.json").exists()
-    listed = run_kcv("runs", tmp_path / "runs")
+    listed = kcv_in_process("runs", tmp_path / "runs")
     assert "interrupted" in listed.stdout and "finished" not in listed.stdout
-    refused = run_kcv("evaluate", run_dir)
+    refused = kcv_in_process("evaluate", run_dir)
     assert_one_line_error(refused, "did not finish")
 
     resumed = run_kcv("fit", "--resume", run_dir, "--quiet")
@@ -117,10 +162,8 @@ def test_resume_after_a_forced_kill_completes_the_run(tmp_path):
     assert not (run_dir / "backup").exists()
 
 
-def test_precision_and_seed_flags_are_recorded(tmp_path):
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--runs-dir", tmp_path / "runs", "--precision", "mixed_bfloat16", "--seed", "7")
-    assert result.returncode == 0, result.stderr
-    run_dir = only_run(tmp_path / "runs")
+def test_precision_and_seed_flags_are_recorded(mixed_bfloat16_run):
+    run_dir = mixed_bfloat16_run  # kcv fit --smoke --precision mixed_bfloat16 --seed 7 (conftest.py)
     environment = json.loads((run_dir / "environment.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     assert environment["precision"] == "mixed_bfloat16" and environment["seed"] == 7
@@ -134,7 +177,16 @@ def test_precision_and_seed_flags_are_recorded(tmp_path):
 
 def test_fit_without_a_validation_split(tmp_path):
     """data.val_fraction=0 (as the source's script trains): no validation metrics, still a complete run."""
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--quiet", "--runs-dir", tmp_path / "runs", "--set", "data.val_fraction=0")
+    result = run_kcv(
+        "fit",
+        REPO_ROOT / "recipes" / "digits.py",
+        "--smoke",
+        "--quiet",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        "data.val_fraction=0",
+    )
     assert result.returncode == 0, result.stderr
     run_dir = only_run(tmp_path / "runs")
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 import pytest
-
 from hub_presets import imagenet_scale_and_offset, write_resnet_preset, write_vit_preset
 from kcv_testing import REPO_ROOT, assert_one_line_error, predicted, run_kcv
 
@@ -44,10 +43,19 @@ def fit(runs, *arguments, recipe=DIGITS_RECIPE):
     return run_dir
 
 
+# Under torch (6 minutes there): the hub transfer recipe's test below fine-tunes a hub backbone
+# in two stages, and tests/test_export_onnx.py exports torch runs to ONNX.
+@pytest.mark.backends("tensorflow", "jax")
 def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(presets, tmp_path, model_size_images):
     # Digits are 8x8 grayscale: the model repeats the channel and resizes to the preset's 16x16.
     run_dir = fit(
-        tmp_path / "runs", *sets(f"model.backbone=hub:{presets['resnet']}", "train.epochs=1", "train.fine_tune_epochs=6", "train.fine_tune_learning_rate=0.003"),
+        tmp_path / "runs",
+        *sets(
+            f"model.backbone=hub:{presets['resnet']}",
+            "train.epochs=1",
+            "train.fine_tune_epochs=6",
+            "train.fine_tune_learning_rate=0.003",
+        ),
     )
     accuracy = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy > 0.9, f"fine-tuning the KerasHub backbone did not learn: test accuracy {accuracy}"
@@ -68,7 +76,10 @@ def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(pres
     assert onnx.returncode == 0, onnx.stderr
     (onnx_version,) = (tmp_path / "saved_models" / "onnx" / "digits").iterdir()
     assert json.loads((onnx_version / "export_report.json").read_text())["parity"]["max_difference"] <= 1e-4
-    from_run, from_onnx = (run_kcv("predict", path, *model_size_images, "--top-k", "10", "--json") for path in (run_dir, onnx_version / "model.onnx"))
+    from_run, from_onnx = (
+        run_kcv("predict", path, *model_size_images, "--top-k", "10", "--json")
+        for path in (run_dir, onnx_version / "model.onnx")
+    )
     run_probabilities, onnx_probabilities = predicted(from_run), predicted(from_onnx)
     assert list(onnx_probabilities) == [str(path) for path in model_size_images]
     for image, probabilities in run_probabilities.items():
@@ -76,6 +87,8 @@ def test_fine_tuning_a_hub_backbone_learns_and_its_run_exports_and_predicts(pres
             assert onnx_probabilities[image][name] == pytest.approx(probability, abs=1e-4)
 
 
+# Under torch (5 minutes there): the hub transfer recipe's test builds the same model from a preset.
+@pytest.mark.backends("tensorflow", "jax")
 @pytest.mark.parametrize("kind", ["resnet", "vit"])
 def test_the_backbone_in_the_model_is_the_presets_backbone_after_its_image_converter(presets, tmp_path, kind):
     """Stage 1 leaves the backbone frozen: inside the run's model it must compute exactly what
@@ -87,7 +100,11 @@ def test_the_backbone_in_the_model_is_the_presets_backbone_after_its_image_conve
 
     from kerascv_app.model_dir import open_model_directory
 
-    run_dir = fit(tmp_path / "runs", "--smoke", *sets(f"model.backbone=hub:{presets[kind]}", "data.channels=3", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"))
+    run_dir = fit(
+        tmp_path / "runs",
+        "--smoke",
+        *sets(f"model.backbone=hub:{presets[kind]}", "data.channels=3", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"),
+    )
     backbone = open_model_directory(run_dir).load_model().get_layer("backbone")
     images = np.random.default_rng(0).uniform(0, 255, size=(4, PRESET_SIZE, PRESET_SIZE, 3)).astype("float32")
     images[0] = 0.0
@@ -118,9 +135,15 @@ def test_the_hub_transfer_recipe_fine_tunes_on_a_class_per_folder_dataset(preset
         if label < 3:
             folder = photos / f"digit_{label}"
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).resize((20, 20)).convert("RGB").save(folder / f"{index}.png")
+            Image.fromarray((digits.images[index] * (255 / 16)).astype(np.uint8)).resize((20, 20)).convert("RGB").save(
+                folder / f"{index}.png"
+            )
     run_dir = fit(
-        tmp_path / "runs", "--data", photos, "--smoke", *sets(f"model.backbone=hub:{presets['resnet']}", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"),
+        tmp_path / "runs",
+        "--data",
+        photos,
+        "--smoke",
+        *sets(f"model.backbone=hub:{presets['resnet']}", f"data.image_size={PRESET_SIZE},{PRESET_SIZE}"),
         recipe=REPO_ROOT / "recipes" / "hub_transfer.py",
     )
     environment = json.loads((run_dir / "environment.json").read_text())
@@ -149,11 +172,19 @@ def _backbone_only_preset(tmp_path, presets):
 
 
 BAD_PRESETS = {
-    "unknown-name": (lambda tmp_path, presets: "resnet_does_not_exist", [], "is neither a KerasHub preset nor a folder"),
+    "unknown-name": (
+        lambda tmp_path, presets: "resnet_does_not_exist",
+        [],
+        "is neither a KerasHub preset nor a folder",
+    ),
     "missing-folder": (lambda tmp_path, presets: tmp_path / "no_such_preset", [], "does not exist"),
     "not-a-preset": (_not_a_preset, [], "is not a KerasHub preset (it has no config.json)"),
     "no-image-converter": (_backbone_only_preset, [], "has no image converter"),
-    "grayscale-preset-rgb-data": (lambda tmp_path, presets: presets["grayscale"], ["data.channels=3"], "takes grayscale images (1 channel) but data.channels = 3"),
+    "grayscale-preset-rgb-data": (
+        lambda tmp_path, presets: presets["grayscale"],
+        ["data.channels=3"],
+        "takes grayscale images (1 channel) but data.channels = 3",
+    ),
 }
 
 
@@ -166,7 +197,9 @@ def test_a_bad_preset_is_refused_in_one_line_while_the_model_is_built(presets, t
     from kerascv_app.recipe import load_recipe
 
     make_preset, settings, fragment = BAD_PRESETS[case]
-    config = load_recipe(DIGITS_RECIPE)[0].with_overrides([f"model.backbone=hub:{make_preset(tmp_path, presets)}", *settings])
+    config = load_recipe(DIGITS_RECIPE)[0].with_overrides(
+        [f"model.backbone=hub:{make_preset(tmp_path, presets)}", *settings]
+    )
     with pytest.raises(UserError) as refused:
         create_model(config, 10)
     message = str(refused.value)
@@ -178,10 +211,28 @@ def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_
     at a closed local port and the cache is an empty folder, so that this holds online too."""
     cache = tmp_path / "kagglehub_cache"
     closed_port = "http://127.0.0.1:9"
-    environment = {"HTTPS_PROXY": closed_port, "https_proxy": closed_port, "HTTP_PROXY": closed_port, "http_proxy": closed_port, "NO_PROXY": "", "no_proxy": "", "KAGGLEHUB_CACHE": str(cache)}
+    environment = {
+        "HTTPS_PROXY": closed_port,
+        "https_proxy": closed_port,
+        "HTTP_PROXY": closed_port,
+        "http_proxy": closed_port,
+        "NO_PROXY": "",
+        "no_proxy": "",
+        "KAGGLEHUB_CACHE": str(cache),
+    }
     runs = tmp_path / "runs"
-    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
-    assert_one_line_error(result, "cannot download preset 'resnet_18_imagenet'", str(cache), "model.backbone=hub:/path/to/FOLDER")
+    result = run_kcv(
+        "fit",
+        DIGITS_RECIPE,
+        "--smoke",
+        "--runs-dir",
+        runs,
+        *sets("model.backbone=hub:resnet_18_imagenet"),
+        env=environment,
+    )
+    assert_one_line_error(
+        result, "cannot download preset 'resnet_18_imagenet'", str(cache), "model.backbone=hub:/path/to/FOLDER"
+    )
     assert not runs.exists() or not any(runs.iterdir())
 
 
@@ -191,6 +242,14 @@ def test_without_keras_hub_a_hub_backbone_names_the_install_command(tmp_path):
     (hidden / "keras_hub" / "__init__.py").write_text("raise ImportError('keras_hub is hidden by this test')\n")
     environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
     runs = tmp_path / "runs"
-    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--runs-dir", runs, *sets("model.backbone=hub:resnet_18_imagenet"), env=environment)
+    result = run_kcv(
+        "fit",
+        DIGITS_RECIPE,
+        "--smoke",
+        "--runs-dir",
+        runs,
+        *sets("model.backbone=hub:resnet_18_imagenet"),
+        env=environment,
+    )
     assert_one_line_error(result, "needs KerasHub", 'pip install -e ".[hub]"')
     assert not runs.exists() or not any(runs.iterdir())

@@ -9,21 +9,32 @@ from kerascv_app.config import SEED_PRESET, AugmentConfig, Config, DataConfig, M
 from kerascv_app.errors import UserError
 from kerascv_app.models import create_model, model_names, register_model
 
-TINY = {"seed_cnn": ModelConfig(name="seed_cnn", hidden_units=8, dropout=0.1, l1=1e-5, l2=1e-4), "resnet": ModelConfig(name="resnet", depth=8, width=4), "airbench_net": ModelConfig(name="airbench_net", width=4)}
+TINY = {
+    "seed_cnn": ModelConfig(name="seed_cnn", hidden_units=8, dropout=0.1, l1=1e-5, l2=1e-4),
+    "resnet": ModelConfig(name="resnet", depth=8, width=4),
+    "airbench_net": ModelConfig(name="airbench_net", width=4),
+}
 
 
 @pytest.mark.parametrize("name", model_names())
 def test_model_builds_saves_and_reloads(tmp_path, name):
     import keras
 
-    config = Config(data=DataConfig(image_size=(16, 16)), augment=AugmentConfig(ops=SEED_PRESET + (op("rotate", degrees=10), op("brightness")), placement="device"), model=TINY[name])
+    config = Config(
+        data=DataConfig(image_size=(16, 16)),
+        augment=AugmentConfig(ops=SEED_PRESET + (op("rotate", degrees=10), op("brightness")), placement="device"),
+        model=TINY[name],
+    )
     model = create_model(config, num_classes=5)
     inputs = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3)).astype("float32")
     outputs = keras.ops.convert_to_numpy(model(inputs, training=False))
     assert outputs.shape == (2, 5)
     # Every layer is named on purpose, none left to Keras's automatic names.
     for layer in model.layers:
-        assert not any(layer.name.startswith(auto) for auto in ("conv2d", "dense", "batch_normalization", "max_pooling2d", "re_lu", "add", "dropout")), layer.name
+        assert not any(
+            layer.name.startswith(auto)
+            for auto in ("conv2d", "dense", "batch_normalization", "max_pooling2d", "re_lu", "add", "dropout")
+        ), layer.name
     path = tmp_path / "model.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path)

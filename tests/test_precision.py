@@ -13,7 +13,6 @@ import json
 
 import numpy as np
 import pytest
-
 from kcv_testing import BACKEND, REPO_ROOT, run_kcv
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -61,14 +60,32 @@ def test_mixed_precision_trains_and_reloads_with_its_policy(tmp_path, policy):
     assert keras.backend.standardize_dtype(model(images[:2]).dtype) == "float32"
 
     model.save(tmp_path / "model.keras")
-    ModelDirectory(path=tmp_path, kind="run", class_names=("a", "b", "c"), image_size=(8, 8), channels=1, precision=policy, backend=BACKEND).write()
+    ModelDirectory(
+        path=tmp_path,
+        kind="run",
+        class_names=("a", "b", "c"),
+        image_size=(8, 8),
+        channels=1,
+        precision=policy,
+        backend=BACKEND,
+    ).write()
     set_precision("float32")  # A fresh process: the policy comes from model.json, not from here.
-    reloaded = ModelDirectory(path=tmp_path, kind="run", class_names=("a", "b", "c"), image_size=(8, 8), channels=1, precision=policy, backend=BACKEND).load_model()
+    reloaded = ModelDirectory(
+        path=tmp_path,
+        kind="run",
+        class_names=("a", "b", "c"),
+        image_size=(8, 8),
+        channels=1,
+        precision=policy,
+        backend=BACKEND,
+    ).load_model()
     assert reloaded.get_layer("convolution").dtype_policy.name == policy
     assert isinstance(reloaded.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
     for original, restored in zip(model.get_weights(), reloaded.get_weights()):
         np.testing.assert_array_equal(original, restored)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(images)), keras.ops.convert_to_numpy(model(images)), atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded(images)), keras.ops.convert_to_numpy(model(images)), atol=1e-6
+    )
 
 
 def test_a_mixed_float16_run_records_its_policy_and_reloads_under_it(tmp_path):
@@ -78,7 +95,16 @@ def test_a_mixed_float16_run_records_its_policy_and_reloads_under_it(tmp_path):
 
     from kerascv_app.model_dir import open_model_directory
 
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--smoke", "--quiet", "--precision", "mixed_float16", "--runs-dir", tmp_path)
+    result = run_kcv(
+        "fit",
+        REPO_ROOT / "recipes" / "digits.py",
+        "--smoke",
+        "--quiet",
+        "--precision",
+        "mixed_float16",
+        "--runs-dir",
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
     assert json.loads((run_dir / "model.json").read_text())["precision"] == "mixed_float16"

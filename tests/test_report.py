@@ -3,8 +3,8 @@ three-run comparison holds every section with the numbers of metrics.json and th
 predictions; top losses are the highest-loss test images, shown as the model saw them;
 Grad-CAM finds the one quadrant that carries the class; bad input is one line and no page.
 
-Subprocesses are few: the session's digits_run plus two more tiny fits, one ensemble, one
-full report, one image-folder fit whose folder is then removed.
+Subprocesses are few: the session's digits_run and member_runs (shared with other test files),
+one ensemble, one full report, one image-folder fit whose folder is then removed.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import sys
 
 import numpy as np
 import pytest
+from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, kcv_in_process, run_kcv
 from PIL import Image
-
-from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, fit_learning_digits_run, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 QUICK_SECTIONS = ("summary", "curves", "confusion", "classification-report", "most-confused", "calibration", "config")
@@ -69,7 +68,7 @@ def assert_numbers_match(page: dict, directory) -> None:
     """The page's test figures are metrics.json's and those of predictions/test.npz."""
     from sklearn.metrics import confusion_matrix
 
-    from kerascv_app.ensemble.build import expected_calibration_error
+    from kerascv_app.evaluate.metrics import expected_calibration_error
 
     metrics = read_json(directory / "metrics.json")
     probabilities, labels = saved(directory)
@@ -78,8 +77,12 @@ def assert_numbers_match(page: dict, directory) -> None:
     assert page["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert page["test"]["accuracy"] == pytest.approx(np.mean(predicted == labels))
     assert page["test"]["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
-    assert page["test"]["expected_calibration_error"] == pytest.approx(expected_calibration_error(probabilities, labels))
-    assert page["confusion_matrix"] == confusion_matrix(labels, predicted, labels=range(len(page["class_names"]))).tolist()
+    assert page["test"]["expected_calibration_error"] == pytest.approx(
+        expected_calibration_error(probabilities, labels)
+    )
+    assert (
+        page["confusion_matrix"] == confusion_matrix(labels, predicted, labels=range(len(page["class_names"]))).tolist()
+    )
     for name, accuracy in metrics["test"]["per_class_accuracy"].items():
         if accuracy is not None:  # Recall is per-class accuracy.
             assert page["classification_report"][name]["recall"] == pytest.approx(accuracy)
@@ -163,7 +166,12 @@ def test_full_report_of_a_digits_run(digits_run, full_digits_report):
 def test_the_page_renders_in_chromium(full_digits_report, tmp_path):
     """Opened from disk in headless chromium: every image loads, the console stays silent."""
     screenshot = tmp_path / "page.png"
-    result = subprocess.run([sys.executable, REPO_ROOT / "bench" / "report_browser.py", full_digits_report, "--screenshot", screenshot], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, REPO_ROOT / "bench" / "report_browser.py", full_digits_report, "--screenshot", screenshot],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     check = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0 and check["ok"], check
     assert check["images"] == len(images_of(full_digits_report.read_text())) and check["smallest_width"] > 0
@@ -196,18 +204,34 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
     # the backbone's output in the outer model (the digits report explains a flat model's conv3).
     backbone_inputs = keras.Input((16, 16, 1))
     x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(backbone_inputs)
-    backbone = keras.Model(backbone_inputs, layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x), name="backbone")
+    backbone = keras.Model(
+        backbone_inputs, layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x), name="backbone"
+    )
     inputs = keras.Input((16, 16, 1))
     x = backbone(layers.Rescaling(1 / 255.0)(inputs))
     x = layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, layers.Dense(2)(x))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(images.astype("float32"), labels, epochs=12, batch_size=32, verbose=0)
     test_images, test_labels = quadrant_data(16, seed=1)
     logits = keras.ops.convert_to_numpy(model(test_images.astype("float32")))
-    assert np.mean(logits.argmax(axis=1) == test_labels) == 1.0, "the model must have learned the task for its attention to mean anything"
+    assert np.mean(logits.argmax(axis=1) == test_labels) == 1.0, (
+        "the model must have learned the task for its attention to mean anything"
+    )
     model.save(tmp_path / "model.keras")
-    ModelDirectory(path=tmp_path, kind="run", class_names=("vertical", "horizontal"), image_size=(16, 16), channels=1, precision="float32", backend=BACKEND).write()
+    ModelDirectory(
+        path=tmp_path,
+        kind="run",
+        class_names=("vertical", "horizontal"),
+        image_size=(16, 16),
+        channels=1,
+        precision="float32",
+        backend=BACKEND,
+    ).write()
 
     assert feature_layer(model).name == "backbone"
     # A model whose maps are all before its first weights (or none at all) has nothing to explain.
@@ -224,10 +248,10 @@ def test_gradcam_peaks_in_the_quadrant_that_carries_the_class(tmp_path):
         assert peak[0] >= 7 and peak[1] >= 7, peak
 
 
-@pytest.fixture(scope="module")
-def three_runs(digits_run, tmp_path_factory):
-    # The same settings as digits_run (other seeds), so that the three share their splits.
-    return [digits_run, *(fit_learning_digits_run(tmp_path_factory.mktemp("report_runs"), "--seed", str(seed)) for seed in (1, 2))]
+@pytest.fixture
+def three_runs(member_runs):
+    """The ensemble tests' three runs that learned and share their splits (conftest.py), trained once."""
+    return member_runs
 
 
 def test_ensemble_report_and_a_comparison(three_runs, tmp_path):
@@ -237,7 +261,10 @@ def test_ensemble_report_and_a_comparison(three_runs, tmp_path):
     result = run_kcv("ensemble", *three_runs, "--average", "--out", ensemble)
     assert result.returncode == 0, result.stderr
     text = (ensemble / "report.html").read_text()
-    assert all(name in section_ids(text) for name in ("summary", "confusion", "classification-report", "calibration", "ensemble-members"))
+    assert all(
+        name in section_ids(text)
+        for name in ("summary", "confusion", "classification-report", "calibration", "ensemble-members")
+    )
     assert_self_contained(text)
     page = page_data(ensemble / "report.html")
     assert_numbers_match(page, ensemble)
@@ -257,14 +284,18 @@ def test_ensemble_report_and_a_comparison(three_runs, tmp_path):
         recorded = read_json(directory / "metrics.json")
         assert row["accuracy"] == recorded["test"]["accuracy"] and row["loss"] == recorded["test"]["loss"]
         assert f"<td>{recorded['test']['accuracy']:.4f}</td>" in text
-        assert page["per_class_accuracy"][directory.name] == pytest.approx(list(recorded["test"]["per_class_accuracy"].values()))
+        assert page["per_class_accuracy"][directory.name] == pytest.approx(
+            list(recorded["test"]["per_class_accuracy"].values())
+        )
     (members_record,) = page["ensembles"]
     for member, directory in zip(members_record["members"], three_runs):
         probabilities, member_labels = saved(directory)
         member_right = probabilities.argmax(axis=1) == member_labels
         assert member["fixed"] == int(np.sum(ensemble_right & ~member_right))
         assert member["broken"] == int(np.sum(~ensemble_right & member_right))
-        assert member["accuracy_gain"] == pytest.approx(metrics["test"]["accuracy"] - read_json(directory / "metrics.json")["test"]["accuracy"])
+        assert member["accuracy_gain"] == pytest.approx(
+            metrics["test"]["accuracy"] - read_json(directory / "metrics.json")["test"]["accuracy"]
+        )
 
 
 def write_image_folder(root, classes=("circle", "square", "cross"), per_class: int = 20):
@@ -307,8 +338,14 @@ def test_bad_input_is_one_line_and_no_page(digits_run, tmp_path):
         write_report([digits_run, folder_run], tmp_path / "b.html")
     shutil.rmtree(images)
     out = tmp_path / "c.html"
-    result = run_kcv("report", folder_run, "--out", out)
-    assert_one_line_error(result, "cannot be read where it read them", "top losses, Grad-CAM and the augmentation preview", "--data-dir", "--top-losses 0 --gradcam 0 --preview 0")
+    result = kcv_in_process("report", folder_run, "--out", out)
+    assert_one_line_error(
+        result,
+        "cannot be read where it read them",
+        "top losses, Grad-CAM and the augmentation preview",
+        "--data-dir",
+        "--top-losses 0 --gradcam 0 --preview 0",
+    )
     assert not out.exists() and not list(tmp_path.glob(".c.html.partial-*"))
     assert not (tmp_path / "a.html").exists() and not (tmp_path / "b.html").exists()
     # Without the parts that need the images, the page is written.

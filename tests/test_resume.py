@@ -21,15 +21,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
+from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, kcv_in_process, run_kcv
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 # 11 batches an epoch (1,293 training images); dropout and pipeline augmentation draw random
 # numbers; the EMA, accumulated gradients and clipping are optimizer state that must survive.
 SETTINGS = [
-    "--set", "train.epochs=2", "--set", "data.batch_size=128", "--set", "train.checkpoint_every=2",
-    "--set", "train.ema=0.9", "--set", "train.gradient_accumulation_steps=2", "--set", "train.clip_norm=1.0",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "data.batch_size=128",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.ema=0.9",
+    "--set",
+    "train.gradient_accumulation_steps=2",
+    "--set",
+    "train.clip_norm=1.0",
     "--quiet",
 ]
 STEPS = 11
@@ -42,7 +51,9 @@ def model_weights(run_dir: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
         weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
         arrays = {}
-        weights.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+        weights.visititems(
+            lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+        )
     return arrays
 
 
@@ -60,10 +71,14 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def resume_killed_at(run_dir: Path, kill_at: str | None):
-    return run_kcv("fit", "--resume", run_dir, "--quiet", env={"KCV_KILL_AT": kill_at} if kill_at else {"KCV_KILL_AT": ""})
+    return run_kcv(
+        "fit", "--resume", run_dir, "--quiet", env={"KCV_KILL_AT": kill_at} if kill_at else {"KCV_KILL_AT": ""}
+    )
 
 
-def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_ends_with_the_uninterrupted_weights(uninterrupted, tmp_path):
+def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_ends_with_the_uninterrupted_weights(
+    uninterrupted, tmp_path
+):
     runs = tmp_path / "runs"
     killed = run_kcv("fit", DIGITS, "--runs-dir", runs, *SETTINGS, env={"KCV_KILL_AT": "0:1"})
     assert killed.returncode == -9, killed.stderr
@@ -83,7 +98,9 @@ def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_e
     newest.write_bytes(newest.read_bytes()[:100])
     killed = resume_killed_at(run_dir, "0:0")
     assert killed.returncode == -9, killed.stderr
-    assert re.search(r"checkpoint \S+checkpoint-1-000000-000010.npz is damaged .*falling back", killed.stderr), killed.stderr
+    assert re.search(r"checkpoint \S+checkpoint-1-000000-000010.npz is damaged .*falling back", killed.stderr), (
+        killed.stderr
+    )
     assert f"at epoch 1, batch 9 of {STEPS}" in killed.stderr
 
     # The epoch boundary: killed right after the end-of-epoch checkpoint.
@@ -98,11 +115,17 @@ def test_a_run_killed_at_the_first_batch_the_last_batch_and_the_epoch_boundary_e
     with open(run_dir / "history.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
     config = json.loads((run_dir / "config.json").read_text())["train"]
-    assert (config["ema"], config["gradient_accumulation_steps"], config["clip_norm"], config["checkpoint_every"]) == (0.9, 2, 1.0, "2")
+    assert (config["ema"], config["gradient_accumulation_steps"], config["clip_norm"], config["checkpoint_every"]) == (
+        0.9,
+        2,
+        1.0,
+        "2",
+    )
     assert not (run_dir / "backup").exists()
 
 
 # ------------------------------------------------------------------ refusals (one line, exit 2)
+# Each is made before a model is built: the command line's entry point runs in this process.
 
 
 def fake_run(tmp_path: Path, **records) -> Path:
@@ -113,9 +136,18 @@ def fake_run(tmp_path: Path, **records) -> Path:
     run_dir.mkdir()
     config, _ = load_recipe(DIGITS)
     contents = {
-        "run.json": {"status": "running", "pid": 999999999, "host": os.uname().nodename, "recipe": "digits", "backend": BACKEND},
+        "run.json": {
+            "status": "running",
+            "pid": 999999999,
+            "host": os.uname().nodename,
+            "recipe": "digits",
+            "backend": BACKEND,
+        },
         "config.json": config.to_dict(),
-        "environment.json": {"backend": BACKEND, "command": ["kcv", "fit", "recipes/digits.py", "--set", "train.epochs=3"]},
+        "environment.json": {
+            "backend": BACKEND,
+            "command": ["kcv", "fit", "recipes/digits.py", "--set", "train.epochs=3"],
+        },
         "splits.json": {},
         **records,
     }
@@ -125,16 +157,19 @@ def fake_run(tmp_path: Path, **records) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("arguments", [["--set", "train.epochs=5"], ["--seed", "3"], ["--precision", "mixed_bfloat16"], ["--smoke"], [str(DIGITS)]])
+@pytest.mark.parametrize(
+    "arguments",
+    [["--set", "train.epochs=5"], ["--seed", "3"], ["--precision", "mixed_bfloat16"], ["--smoke"], [str(DIGITS)]],
+)
 def test_resume_refuses_what_would_change_the_run(tmp_path, arguments):
-    result = run_kcv("fit", "--resume", fake_run(tmp_path), *arguments)
+    result = kcv_in_process("fit", "--resume", fake_run(tmp_path), *arguments)
     assert_one_line_error(result, "does not take", "--data-dir")
 
 
 @pytest.mark.parametrize("name", ["environment.json", "config.json", "splits.json"])
 def test_a_corrupt_record_under_resume_is_one_line(tmp_path, name):
     run_dir = fake_run(tmp_path, **{name: '{"backend": "tensorfl'})
-    result = run_kcv("fit", "--resume", run_dir)
+    result = kcv_in_process("fit", "--resume", run_dir)
     assert_one_line_error(result, name)
 
 
@@ -143,7 +178,10 @@ def test_a_missing_backup_folder_offers_the_command_that_restarts_the_run(tmp_pa
     from kerascv_app.runs import RunDirectory
     from kerascv_app.train.fit import resume
 
-    with pytest.raises(UserError, match=r"no checkpoint to resume from .*train it again with: kcv fit recipes/digits.py --set train.epochs=3"):
+    with pytest.raises(
+        UserError,
+        match=r"no checkpoint to resume from .*train it again with: kcv fit recipes/digits.py --set train.epochs=3",
+    ):
         resume(RunDirectory.open(fake_run(tmp_path)), BACKEND)
 
 
@@ -159,7 +197,8 @@ def test_a_running_run_is_refused_naming_its_process_and_listed_as_running(tmp_p
         with pytest.raises(UserError, match=f"being trained by process {os.getpid()} on {os.uname().nodename}"):
             with run.locked():
                 pass
-        result = run_kcv("fit", "--resume", run.path)
+        # flock: another open of the lock file is refused, in this process as in any other.
+        result = kcv_in_process("fit", "--resume", run.path)
         assert_one_line_error(result, f"being trained by process {os.getpid()}")
     # Released on exit (flock): the next writer may take it.
     with run.locked():
@@ -170,8 +209,21 @@ def test_a_running_run_is_refused_naming_its_process_and_listed_as_running(tmp_p
 def test_a_loss_that_becomes_infinite_fails_the_run_in_one_line(tmp_path):
     runs = tmp_path / "runs"
     result = run_kcv(
-        "fit", DIGITS, "--runs-dir", runs, "--quiet", "--set", "train.epochs=1", "--set", "data.max_train=256",
-        "--set", "train.optimizer=sgd", "--set", "train.learning_rate=1e30", "--set", "train.schedule=constant",
+        "fit",
+        DIGITS,
+        "--runs-dir",
+        runs,
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.max_train=256",
+        "--set",
+        "train.optimizer=sgd",
+        "--set",
+        "train.learning_rate=1e30",
+        "--set",
+        "train.schedule=constant",
     )
     assert_one_line_error(result, "the training loss became", "is marked failed", "kcv fit")
     status = json.loads((single_run(runs) / "run.json").read_text())
@@ -197,7 +249,9 @@ def test_optimizer_options_reach_the_keras_optimizer():
     from kerascv_app.config import TrainConfig
     from kerascv_app.train.optim import create_optimizer
 
-    optimizer = create_optimizer(TrainConfig(ema=0.99, gradient_accumulation_steps=4, clip_norm=2.0), steps_per_epoch=10)
+    optimizer = create_optimizer(
+        TrainConfig(ema=0.99, gradient_accumulation_steps=4, clip_norm=2.0), steps_per_epoch=10
+    )
     assert optimizer.use_ema and optimizer.ema_momentum == 0.99
     assert optimizer.gradient_accumulation_steps == 4 and optimizer.global_clipnorm == 2.0
     plain = create_optimizer(TrainConfig(), steps_per_epoch=10)

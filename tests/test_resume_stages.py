@@ -6,15 +6,18 @@ import csv
 
 import numpy as np
 import pytest
-
-from kcv_testing import BACKEND, REPO_ROOT, run_kcv
+from kcv_testing import REPO_ROOT, run_kcv
 from test_resume import model_weights, single_run
 
 DIGITS = REPO_ROOT / "recipes" / "digits.py"
 SOURCE_SETTINGS = ["model.name=resnet", "model.depth=8", "model.width=4", "data.classes=0,1,2,3,4"]
 # 96 training images in batches of 32: 3 steps an epoch; stage 1 is epoch 0, stage 2 epochs 1-2.
 TARGET_SETTINGS = [
-    "data.classes=5,6,7,8,9", "data.max_train=96", "data.max_eval=48", "train.epochs=1", "train.fine_tune_epochs=2",
+    "data.classes=5,6,7,8,9",
+    "data.max_train=96",
+    "data.max_eval=48",
+    "train.epochs=1",
+    "train.fine_tune_epochs=2",
     "train.checkpoint_every=1",
 ]
 
@@ -31,11 +34,14 @@ def target_arguments(tmp_path_factory):
     return ["fit", DIGITS, "--quiet", *settings(f"model.backbone=run:{single_run(runs)}", *TARGET_SETTINGS)]
 
 
-# A known bug, not a skip: under torch the resumed transfer run's weights differ from the
-# uninterrupted run's (by 4e-5 in one run, and its stage-2 optimizer moments by 1e-2 in
-# another); the cause is not found yet. The test runs, and passes on tensorflow and jax.
-@pytest.mark.xfail(BACKEND == "torch", reason="torch: a transfer run resumed in stage 2 drifts from the uninterrupted one (cause not found yet)", strict=False)
-def test_a_transfer_run_killed_inside_stage_one_and_inside_stage_two_ends_with_the_uninterrupted_weights(target_arguments, tmp_path):
+# A known bug: under torch the resumed transfer run's weights differ from the uninterrupted
+# run's (by 4e-5 in one run, and its stage-2 optimizer moments by 1e-2 in another); the cause is
+# not found yet. It ran as a non-strict xfail, which cannot fail and cost 4 minutes of the torch
+# run, so it is deselected there; it passes on tensorflow and jax.
+@pytest.mark.backends("tensorflow", "jax")
+def test_a_transfer_run_killed_inside_stage_one_and_inside_stage_two_ends_with_the_uninterrupted_weights(
+    target_arguments, tmp_path
+):
     uninterrupted = run_kcv(*target_arguments, "--runs-dir", tmp_path / "uninterrupted")
     assert uninterrupted.returncode == 0, uninterrupted.stderr
 

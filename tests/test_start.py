@@ -9,12 +9,14 @@ import subprocess
 import sys
 
 import pytest
-
 from kcv_testing import BACKEND, REPO_ROOT, assert_one_line_error, run_kcv
 
 # Every line kcv itself may write to stderr during a run (progress goes to stdout in a log).
 KCV_STDERR_PREFIXES = ("data cache: ", "error: ")
-EPOCH_LINE = re.compile(r"^epoch 1/1  loss \d+\.\d{4}  accuracy \d\.\d{4}  val_loss \d+\.\d{4}  val_accuracy \d\.\d{4}  \d+\.\d s  [\d,]+ img/s$")
+EPOCH_LINE = re.compile(
+    r"^epoch 1/1  loss \d+\.\d{4}  accuracy \d\.\d{4}  val_loss \d+\.\d{4}  val_accuracy \d\.\d{4}  \d+\.\d s  "
+    r"[\d,]+ img/s$"
+)
 
 
 def foreign_lines(stderr: str) -> list[str]:
@@ -41,7 +43,14 @@ def test_commands_start_quietly_and_a_piped_fit_prints_plain_epochs_and_a_summar
         result = run_kcv(*arguments)
         assert result.returncode == 0 and result.stderr == "", result.stderr
     # An error after TensorFlow was imported (keras, then the data): the one line only.
-    failed = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--set", f"data.source=folder:{tmp_path / 'nowhere'}", "--runs-dir", tmp_path / "runs2")
+    failed = run_kcv(
+        "fit",
+        REPO_ROOT / "recipes" / "digits.py",
+        "--set",
+        f"data.source=folder:{tmp_path / 'nowhere'}",
+        "--runs-dir",
+        tmp_path / "runs2",
+    )
     assert_one_line_error(failed, "nowhere")
     assert foreign_lines(failed.stderr) == [], failed.stderr
 
@@ -49,8 +58,18 @@ def test_commands_start_quietly_and_a_piped_fit_prints_plain_epochs_and_a_summar
 def test_verbose_lets_tensorflow_logging_through(tmp_path):
     # Only the tensorflow backend imports TensorFlow for this command: keras does.
     code = "from kerascv_app.backend import select_backend; select_backend(); import tensorflow"
-    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KCV_VERBOSE": "0", "TF_CPP_MIN_LOG_LEVEL": "0"})
-    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KCV_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "0"})
+    quiet = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KCV_VERBOSE": "0", "TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KCV_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "0"},
+    )
     assert quiet.returncode == loud.returncode == 0, (quiet.stderr, loud.stderr)
     assert quiet.stderr == ""
     assert "oneDNN" in loud.stderr or "absl" in loud.stderr, loud.stderr
@@ -81,10 +100,18 @@ main()
 """
 
 
-@pytest.mark.parametrize("package, install", [("jax", 'pip install -e ".[jax]"'), ("torch", "pip install torch==2.13.0")])
+# The backend under test plays no part: the refusal names the blocked one before keras is imported.
+@pytest.mark.backend_independent
+@pytest.mark.parametrize(
+    "package, install", [("jax", 'pip install -e ".[jax]"'), ("torch", "pip install torch==2.13.0")]
+)
 def test_a_backend_that_is_not_installed_gets_the_command_that_installs_it(tmp_path, package, install):
-    code = BLOCKED_IMPORT.format(package=package, recipe=str(REPO_ROOT / "recipes" / "digits.py"), runs=str(tmp_path / "runs"))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND})
+    code = BLOCKED_IMPORT.format(
+        package=package, recipe=str(REPO_ROOT / "recipes" / "digits.py"), runs=str(tmp_path / "runs")
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND}
+    )
     assert_one_line_error(result, f"--backend = '{package}'", "not installed", install)
     assert not (tmp_path / "runs").exists()
 
@@ -96,8 +123,21 @@ def test_plain_progress_is_one_line_per_epoch():
     callback = progress_callback(3, 10, 32, stage="stage 2", stream=stream)
     assert isinstance(callback, PlainProgress)
     callback.on_epoch_begin(1)
-    callback.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.7, "epoch_seconds": 2.0, "images_per_second": 1500.0})
-    assert stream.getvalue() == "stage 2 epoch 2/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  val_accuracy 0.7000  2.0 s  1,500 img/s\n"
+    callback.on_epoch_end(
+        1,
+        {
+            "loss": 0.5,
+            "accuracy": 0.75,
+            "val_loss": 0.6,
+            "val_accuracy": 0.7,
+            "epoch_seconds": 2.0,
+            "images_per_second": 1500.0,
+        },
+    )
+    assert (
+        stream.getvalue()
+        == "stage 2 epoch 2/3  loss 0.5000  accuracy 0.7500  val_loss 0.6000  val_accuracy 0.7000  2.0 s  1,500 img/s\n"
+    )
 
 
 def test_doctor_reports_backends_devices_precision_and_data_locations(tmp_path):
@@ -115,7 +155,9 @@ def test_doctor_reports_backends_devices_precision_and_data_locations(tmp_path):
     for package in ("tensorflow", "jax", "torch"):
         if package in installed:
             (line,) = [line for line in lines if line.startswith(f"{package} ")]
-            assert line.startswith(f"{package} {metadata.version(package)}: ") and ("CPU" in line or "GPU" in line), line
+            assert line.startswith(f"{package} {metadata.version(package)}: ") and ("CPU" in line or "GPU" in line), (
+                line
+            )
         else:
             assert any(line.startswith(f"{package}: not installed; install it with ") for line in lines), lines
     assert sum(line.startswith("  mixed precision: ") for line in lines) == len(installed)
@@ -123,12 +165,23 @@ def test_doctor_reports_backends_devices_precision_and_data_locations(tmp_path):
     assert any(line.startswith("  memory available: ") for line in lines)
     # The optional features tox installs in every environment, with their versions.
     assert f"  hub: backbones (KerasHub presets): keras-hub {metadata.version('keras-hub')}" in lines
-    assert any(line.startswith("  kcv export --format onnx: tf2onnx ") and f"onnxruntime {metadata.version('onnxruntime')}" in line for line in lines), lines
+    assert any(
+        line.startswith("  kcv export --format onnx: tf2onnx ")
+        and f"onnxruntime {metadata.version('onnxruntime')}" in line
+        for line in lines
+    ), lines
 
     # A backend that is missing is named with the command that installs it.
     missing = "torch" if BACKEND == "jax" else "jax"
-    code = BLOCKED_IMPORT.split("sys.argv")[0].format(package=missing) + "sys.argv = ['kcv', 'doctor']\nfrom kerascv_app.cli import main\nmain()\n"
-    blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND})
+    code = (
+        BLOCKED_IMPORT.split("sys.argv")[0].format(package=missing)
+        + "sys.argv = ['kcv', 'doctor']\nfrom kerascv_app.cli import main\nmain()\n"
+    )
+    blocked = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND}
+    )
     assert blocked.returncode == 0, blocked.stderr
     install = 'pip install -e ".[jax]"' if missing == "jax" else "pip install torch==2.13.0"
-    assert any(line.startswith(f"{missing}: not installed; install it with {install}") for line in blocked.stdout.splitlines()), blocked.stdout
+    assert any(
+        line.startswith(f"{missing}: not installed; install it with {install}") for line in blocked.stdout.splitlines()
+    ), blocked.stdout

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerascv_app.backend import choose_distribution
 from kerascv_app.config import DataConfig, TrainConfig
 from kerascv_app.data.base import ArraySplit, LoadedData
 from kerascv_app.data.splits import make_splits
+from kerascv_app.distribution import choose_distribution
 from kerascv_app.errors import UserError
 from kerascv_app.evaluate.metrics import classification_metrics
 from kerascv_app.train.optim import OneCycle, create_optimizer, learning_rate_schedule
@@ -21,7 +21,9 @@ def rate(schedule, step):
 
 
 def test_cosine_with_warmup_rises_then_decays_to_zero():
-    schedule = learning_rate_schedule(TrainConfig(epochs=10, learning_rate=0.1, schedule="cosine", warmup_epochs=2), steps_per_epoch=10)
+    schedule = learning_rate_schedule(
+        TrainConfig(epochs=10, learning_rate=0.1, schedule="cosine", warmup_epochs=2), steps_per_epoch=10
+    )
     assert rate(schedule, 0) == pytest.approx(0.0, abs=1e-6)
     assert rate(schedule, 10) == pytest.approx(0.05, rel=1e-3)
     assert rate(schedule, 20) == pytest.approx(0.1, rel=1e-3)
@@ -43,6 +45,7 @@ def test_optimizers():
     assert type(adamw).__name__ == "AdamW"
 
 
+@pytest.mark.backend_independent  # names in, a name out: no device is asked
 def test_distribution_is_chosen_from_the_devices():
     assert choose_distribution("auto", "tensorflow", ["cpu:0"]) == "none"
     assert choose_distribution("auto", "tensorflow", ["gpu:0", "gpu:1"]) == "mirrored"
@@ -53,6 +56,7 @@ def test_distribution_is_chosen_from_the_devices():
         choose_distribution("mirrored", "jax", ["gpu:0"])
 
 
+@pytest.mark.backend_independent  # numpy: no Keras backend
 def test_metrics():
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
     labels = np.array([0, 1, 2, 1])
@@ -62,6 +66,7 @@ def test_metrics():
     assert metrics["per_class_accuracy"] == {"a": 1.0, "b": 0.5, "c": 1.0}
 
 
+@pytest.mark.backend_independent  # numpy: no Keras backend
 def test_validation_split_is_stratified_seeded_and_disjoint():
     labels = np.repeat(np.arange(4), 50)
     images = np.zeros((200, 4, 4, 1), np.uint8)

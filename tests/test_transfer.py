@@ -13,15 +13,30 @@ import shutil
 
 import numpy as np
 import pytest
+from kcv_testing import (
+    BACKEND,
+    CIFAR10_JPEG,
+    NO_CIFAR10_JPEG,
+    REPO_ROOT,
+    assert_one_line_error,
+    kcv_in_process,
+    run_kcv,
+)
 
-from kcv_testing import BACKEND, CIFAR10_JPEG, NO_CIFAR10_JPEG, REPO_ROOT, assert_one_line_error, run_kcv
 from kerascv_app.config import Config, DataConfig
 from kerascv_app.errors import UserError
 from kerascv_app.recipe import load_recipe
 
 DIGITS_RECIPE = REPO_ROOT / "recipes" / "digits.py"
 SOURCE_SETTINGS = ["model.name=resnet", "model.depth=8", "model.width=4", "data.channels=3", "data.classes=0,1,2,3,4"]
-TARGET_SETTINGS = ["data.classes=5,6,7,8,9", "data.channels=1", "data.image_size=12,12", "data.max_train=96", "data.max_eval=48", "train.epochs=1"]
+TARGET_SETTINGS = [
+    "data.classes=5,6,7,8,9",
+    "data.channels=1",
+    "data.image_size=12,12",
+    "data.max_train=96",
+    "data.max_eval=48",
+    "train.epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +59,11 @@ def weights_by_name(model) -> dict:
     """Each weight as "layer/variable", e.g. "stage3_block1_bn1/moving_mean"."""
     import keras
 
-    return {f"{layer.name}/{variable.name}": keras.ops.convert_to_numpy(variable) for layer in model.layers for variable in layer.weights}
+    return {
+        f"{layer.name}/{variable.name}": keras.ops.convert_to_numpy(variable)
+        for layer in model.layers
+        for variable in layer.weights
+    }
 
 
 def source_features(run_dir, layer_name: str, images):
@@ -76,7 +95,9 @@ def test_a_run_backbone_is_the_run_model_cut_at_the_layer_feeding_its_classifier
     names = [layer.name for layer in backbone.layers]
     assert names.count("normalize") == 1 and "classifier" not in names
     images = random_images((3, 8, 8, 3))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(images)), source_features(rgb_source_run, "pool", images), atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone(images)), source_features(rgb_source_run, "pool", images), atol=1e-5
+    )
     # seed_cnn: the classifier fc2 is fed by fc1 through a dropout layer, which stays behind.
     grayscale = load_backbone(target_config(f"run:{digits_run}", "data.channels=1")).model
     assert grayscale.layers[-1].name == "fc1" and grayscale.inputs[0].shape[1:] == (8, 8, 1)
@@ -89,13 +110,25 @@ def test_the_source_runs_augmentation_layer_stays_behind(tmp_path):
     from kerascv_app.models.backbones import load_backbone
 
     source_config = Config(
-        data=DataConfig(image_size=(8, 8)), augment=AugmentConfig(ops=SEED_PRESET, placement="device"), model=ModelConfig(hidden_units=8),
+        data=DataConfig(image_size=(8, 8)),
+        augment=AugmentConfig(ops=SEED_PRESET, placement="device"),
+        model=ModelConfig(hidden_units=8),
     )
     source = create_model(source_config, num_classes=3)
     assert "augment" in [layer.name for layer in source.layers]
     source.save(tmp_path / "model.keras")
-    ModelDirectory(path=tmp_path, kind="run", class_names=("a", "b", "c"), image_size=(8, 8), channels=3, precision="float32", backend=BACKEND).write()
-    backbone = load_backbone(Config(data=DataConfig(image_size=(8, 8))).with_overrides([f"model.backbone=run:{tmp_path}"])).model
+    ModelDirectory(
+        path=tmp_path,
+        kind="run",
+        class_names=("a", "b", "c"),
+        image_size=(8, 8),
+        channels=3,
+        precision="float32",
+        backend=BACKEND,
+    ).write()
+    backbone = load_backbone(
+        Config(data=DataConfig(image_size=(8, 8))).with_overrides([f"model.backbone=run:{tmp_path}"])
+    ).model
     assert [layer.name for layer in backbone.layers][:2] == ["backbone_image", "normalize"]
     assert "augment" not in [layer.name for layer in backbone.layers] and backbone.layers[-1].name == "fc1"
 
@@ -112,29 +145,37 @@ def test_the_transfer_model_adapts_inputs_and_applies_preprocessing_once(rgb_sou
     assert model.get_layer("backbone").trainable is False
     # The features the head sees are the source model's features of the adapted image.
     grayscale = random_images((2, 12, 12, 1))
-    adapted = keras.ops.convert_to_numpy(keras.Model(model.input, model.get_layer("resize_to_backbone").output)(grayscale))
+    adapted = keras.ops.convert_to_numpy(
+        keras.Model(model.input, model.get_layer("resize_to_backbone").output)(grayscale)
+    )
     # What feeds the classifier: the backbone's features (the head's dropout is off at inference).
     features = keras.Model(model.input, model.get_layer("classifier").input)(grayscale)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(features), source_features(rgb_source_run, "pool", adapted), atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(features), source_features(rgb_source_run, "pool", adapted), atol=1e-5
+    )
 
 
 def test_a_keras_applications_backbone_loads_weights_from_a_local_file(tmp_path):
     import keras
 
-    from kerascv_app.model_dir import register_custom_objects
+    from kerascv_app.custom_objects import register_custom_objects
     from kerascv_app.models import create_model
 
     reference = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3))
     weights_path = tmp_path / "mobilenet_notop.weights.h5"
     reference.save_weights(weights_path)
-    config = Config(data=DataConfig(image_size=(32, 32), channels=1)).with_overrides(["model.backbone=keras:MobileNet", f"model.backbone_weights={weights_path}"])
+    config = Config(data=DataConfig(image_size=(32, 32), channels=1)).with_overrides(
+        ["model.backbone=keras:MobileNet", f"model.backbone_weights={weights_path}"]
+    )
     model = create_model(config, num_classes=3)
     backbone = model.get_layer("backbone")
     for expected, actual in zip(reference.get_weights(), backbone.get_weights()):
         np.testing.assert_array_equal(expected, actual)
     # MobileNet expects preprocess_input's "tf" mode: it is the backbone's first layer, once.
     assert [layer.name for layer in model.layers][:3] == ["image", "grayscale_to_rgb", "backbone"]
-    assert [layer.name for layer in backbone.layers][:2] == ["backbone_image", "preprocess"] and backbone.layers[1].mode == "tf"
+    assert [layer.name for layer in backbone.layers][:2] == ["backbone_image", "preprocess"] and backbone.layers[
+        1
+    ].mode == "tf"
     assert [layer.name for layer in model.layers][-3:] == ["head_pool", "classifier", "logits"]
     # Weights are compared rather than outputs: a first eager call of this net takes JAX ~10 s.
     model.save(tmp_path / "model.keras")
@@ -168,7 +209,12 @@ def test_blocks_are_found_from_the_graph(rgb_source_run):
 
     backbone = load_backbone(target_config(f"run:{rgb_source_run}")).model
     blocks = backbone_blocks(backbone)
-    assert [block[0].name for block in blocks] == ["normalize", "stage1_block1_conv1", "stage2_block1_conv1", "stage3_block1_conv1"]
+    assert [block[0].name for block in blocks] == [
+        "normalize",
+        "stage1_block1_conv1",
+        "stage2_block1_conv1",
+        "stage3_block1_conv1",
+    ]
     assert blocks[-1][-1].name == "pool"
 
     from kerascv_app.models import create_model
@@ -177,7 +223,9 @@ def test_blocks_are_found_from_the_graph(rgb_source_run):
     unfrozen = unfreeze_backbone(model, unfreeze_top=1)
     assert unfrozen and all(name.startswith("stage3_block1") for name in unfrozen)
     with pytest.raises(UserError, match="train.unfreeze_top = 9 but the backbone has 4 blocks"):
-        create_model(target_config(f"run:{rgb_source_run}", "train.fine_tune_epochs=1", "train.unfreeze_top=9"), num_classes=5)
+        create_model(
+            target_config(f"run:{rgb_source_run}", "train.fine_tune_epochs=1", "train.unfreeze_top=9"), num_classes=5
+        )
 
 
 # ---------------------------------------------------------------------------- two stages
@@ -192,12 +240,20 @@ def test_stage_one_leaves_the_backbone_unchanged_and_stage_two_fine_tunes_its_to
     moving_means = [name for name in source if name.endswith("moving_mean")]
     assert moving_means, "the source backbone should have BatchNorm statistics"
 
-    head_only = fit(target_config(f"run:{rgb_source_run}"), "", BACKEND, runs_dir=tmp_path / "stage1", show_progress=False)
+    head_only = fit(
+        target_config(f"run:{rgb_source_run}"), "", BACKEND, runs_dir=tmp_path / "stage1", show_progress=False
+    )
     after_stage_one = weights_by_name(open_model_directory(head_only.path).load_model().get_layer("backbone"))
     for name, value in source.items():
         np.testing.assert_array_equal(after_stage_one[name], value, err_msg=name)
 
-    fine_tuned = fit(target_config(f"run:{rgb_source_run}", "train.fine_tune_epochs=1", "train.unfreeze_top=1"), "", BACKEND, runs_dir=tmp_path / "stage2", show_progress=False)
+    fine_tuned = fit(
+        target_config(f"run:{rgb_source_run}", "train.fine_tune_epochs=1", "train.unfreeze_top=1"),
+        "",
+        BACKEND,
+        runs_dir=tmp_path / "stage2",
+        show_progress=False,
+    )
     model = open_model_directory(fine_tuned.path).load_model()
     after_stage_two = weights_by_name(model.get_layer("backbone"))
     changed = {name for name, value in source.items() if not np.array_equal(after_stage_two[name], value)}
@@ -210,18 +266,32 @@ def test_stage_one_leaves_the_backbone_unchanged_and_stage_two_fine_tunes_its_to
     transfer = fine_tuned.read_json("environment.json")["transfer"]
     assert transfer["backbone"] == f"run:{rgb_source_run.resolve()}" and transfer["feature_layer"] == "pool"
     assert transfer["input_adaptation"] == [
-        "grayscale to RGB: the channel repeated 3 times (grayscale_to_rgb)", "resized from 12x12 to 8x8, bilinear (resize_to_backbone)",
+        "grayscale to RGB: the channel repeated 3 times (grayscale_to_rgb)",
+        "resized from 12x12 to 8x8, bilinear (resize_to_backbone)",
     ]
     assert transfer["preprocessing"].startswith("the backbone run's own normalize layer")
     assert [stage["stage"] for stage in transfer["stages"]] == [1, 2]
 
 
+# Under jax: tests/test_resume_stages.py resumes a transfer run inside each stage, exactly.
+@pytest.mark.backends("tensorflow", "torch")
 def test_a_transfer_run_resumes_in_stage_two_and_exports_like_any_run(rgb_source_run, tmp_path):
     from test_fit_cli import assert_complete_run
 
     runs = tmp_path / "runs"
-    overrides = [argument for setting in (*TARGET_SETTINGS, "train.fine_tune_epochs=2") for argument in ("--set", setting)]
-    arguments = ["fit", DIGITS_RECIPE, "--quiet", "--runs-dir", runs, "--set", "model.backbone=run:latest:digits", *overrides]
+    overrides = [
+        argument for setting in (*TARGET_SETTINGS, "train.fine_tune_epochs=2") for argument in ("--set", setting)
+    ]
+    arguments = [
+        "fit",
+        DIGITS_RECIPE,
+        "--quiet",
+        "--runs-dir",
+        runs,
+        "--set",
+        "model.backbone=run:latest:digits",
+        *overrides,
+    ]
     # run:latest:digits finds the source in its own runs folder, which is the --runs-dir here.
     shutil.copytree(rgb_source_run, runs / rgb_source_run.name)
     killed = run_kcv(*arguments, env={"KCV_KILL_AFTER_EPOCH": "2"})
@@ -245,20 +315,42 @@ def test_a_transfer_run_resumes_in_stage_two_and_exports_like_any_run(rgb_source
 
 
 def test_a_grayscale_backbone_refuses_colour_images_in_one_line_and_leaves_no_run(digits_run, tmp_path):
-    result = run_kcv(
-        "fit", DIGITS_RECIPE, "--smoke", "--runs-dir", tmp_path / "runs",
-        "--set", f"model.backbone=run:{digits_run}", "--set", "data.channels=3",
+    # Refused while the model is built, before a run folder exists: in this process.
+    result = kcv_in_process(
+        "fit",
+        DIGITS_RECIPE,
+        "--smoke",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        f"model.backbone=run:{digits_run}",
+        "--set",
+        "data.channels=3",
     )
     assert_one_line_error(result, "takes grayscale images (1 channel) but data.channels = 3", "data.channels=1")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_imagenet_weights_offline_name_the_file_to_provide(tmp_path):
-    offline = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "KERAS_HOME": str(tmp_path / "keras_home")}
+    # A real process: keras reads KERAS_HOME when it is imported.
+    offline = {
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "KERAS_HOME": str(tmp_path / "keras_home"),
+    }
     result = run_kcv(
-        "fit", DIGITS_RECIPE, "--smoke", "--runs-dir", tmp_path / "runs",
-        "--set", "model.backbone=keras:MobileNet", "--set", "model.backbone_weights=imagenet",
-        "--set", "data.image_size=32,32", env=offline,
+        "fit",
+        DIGITS_RECIPE,
+        "--smoke",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--set",
+        "model.backbone=keras:MobileNet",
+        "--set",
+        "model.backbone_weights=imagenet",
+        "--set",
+        "data.image_size=32,32",
+        env=offline,
     )
     expected_place = tmp_path / "keras_home" / "models" / "mobilenet_1_0_224_tf_no_top.h5"
     assert_one_line_error(result, "cannot be downloaded", f"put it at {expected_place}", "model.backbone_weights=PATH")
@@ -271,11 +363,29 @@ def test_imagenet_weights_offline_name_the_file_to_provide(tmp_path):
         (["model.backbone=run:{garbage}"], "is not a valid .keras file"),
         (["model.backbone=run:{ensemble}"], "is an ensemble"),
         (["model.backbone=keras:NoSuchNet"], "is not a supported keras.applications model"),
-        (["model.backbone=keras:MobileNet", "model.backbone_weights=/nonexistent.weights.h5", "data.image_size=32,32"], "does not exist"),
-        (["model.backbone=keras:MobileNet", "model.backbone_weights={other_weights}", "data.image_size=32,32"], "does not fit keras:MobileNet"),
+        (
+            [
+                "model.backbone=keras:MobileNet",
+                "model.backbone_weights=/nonexistent.weights.h5",
+                "data.image_size=32,32",
+            ],
+            "does not exist",
+        ),
+        (
+            ["model.backbone=keras:MobileNet", "model.backbone_weights={other_weights}", "data.image_size=32,32"],
+            "does not fit keras:MobileNet",
+        ),
         (["model.backbone=run:{source}", "model.feature_layer=nope"], "model.feature_layer = 'nope' is not a layer"),
     ],
-    ids=["missing", "wrong-file", "ensemble", "unknown-application", "missing-weights", "wrong-weights", "unknown-feature-layer"],
+    ids=[
+        "missing",
+        "wrong-file",
+        "ensemble",
+        "unknown-application",
+        "missing-weights",
+        "wrong-weights",
+        "unknown-feature-layer",
+    ],
 )
 def test_bad_backbones_are_refused_by_name(rgb_source_run, tmp_path, settings, fragment):
     import keras
@@ -292,7 +402,9 @@ def test_bad_backbones_are_refused_by_name(rgb_source_run, tmp_path, settings, f
     other_weights = tmp_path / "other.weights.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(other_weights)
     values = {"garbage": garbage, "ensemble": ensemble, "other_weights": other_weights, "source": rgb_source_run}
-    config = Config(data=DataConfig(image_size=(8, 8))).with_overrides([setting.format(**values) for setting in settings])
+    config = Config(data=DataConfig(image_size=(8, 8))).with_overrides(
+        [setting.format(**values) for setting in settings]
+    )
     with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
         create_model(config, num_classes=3)
 
@@ -307,6 +419,7 @@ def test_run_latest_needs_a_finished_run_of_that_recipe(rgb_source_run, tmp_path
         resolve_backbone(Config().with_overrides(["model.backbone=run:latest:cifar5_pretrain"]), rgb_source_run.parent)
 
 
+@pytest.mark.backend_independent  # the config and NumPy splits: no Keras backend
 @pytest.mark.parametrize(
     "settings, fragment",
     [
@@ -323,11 +436,17 @@ def test_transfer_fields_are_checked(settings, fragment):
         Config().with_overrides(settings)
 
 
+@pytest.mark.backend_independent  # the config and NumPy splits: no Keras backend
 def test_smoke_shrinks_both_stages():
-    config = Config().with_overrides(["model.backbone=keras:MobileNet", "train.epochs=15", "train.fine_tune_epochs=30"]).smoke()
+    config = (
+        Config()
+        .with_overrides(["model.backbone=keras:MobileNet", "train.epochs=15", "train.fine_tune_epochs=30"])
+        .smoke()
+    )
     assert config.train.epochs == 1 and config.train.fine_tune_epochs == 1
 
 
+@pytest.mark.backend_independent  # the config and NumPy splits: no Keras backend
 def test_labelled_per_class_caps_each_class_before_the_validation_split():
     from kerascv_app.data.sources import load_digits
     from kerascv_app.data.splits import make_splits
@@ -350,7 +469,16 @@ def test_labelled_per_class_caps_each_class_before_the_validation_split():
 def test_the_cifar5_recipes_pretrain_transfer_and_train_from_scratch(tmp_path):
     runs = tmp_path / "runs"
     for recipe in ("cifar5_pretrain", "cifar5_transfer", "cifar5_scratch"):
-        result = run_kcv("fit", REPO_ROOT / "recipes" / f"{recipe}.py", "--data", CIFAR10_JPEG, "--smoke", "--quiet", "--runs-dir", runs)
+        result = run_kcv(
+            "fit",
+            REPO_ROOT / "recipes" / f"{recipe}.py",
+            "--data",
+            CIFAR10_JPEG,
+            "--smoke",
+            "--quiet",
+            "--runs-dir",
+            runs,
+        )
         assert result.returncode == 0, (recipe, result.stderr)
     records = {run.name.rsplit("-", 2)[0]: run for run in runs.iterdir()}
     assert sorted(records) == ["cifar5_pretrain", "cifar5_scratch", "cifar5_transfer"]

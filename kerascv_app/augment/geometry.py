@@ -7,7 +7,7 @@ both places. Images are float ``(batch, height, width, channels)`` in [0, 255].
 Why not Keras's RandomTranslation, RandomRotation, RandomZoom, RandomShear and RandomCrop:
 they set ``supports_jit = False``, which turns off XLA for the whole training step (under
 JAX it then runs op by op: one epoch of the source's net did not finish in 45 s on an
-H200, see shared/GUIDE.md), and RandomCrop does not crop at inference. Here a shift is two
+H200), and RandomCrop does not crop at inference. Here a shift is two
 gathers (rows, then columns) and every other affine transform is one bilinear gather of
 the four neighbours: whole-batch ops that XLA, cuDNN-era GPUs and the CPU all run fast.
 
@@ -234,7 +234,9 @@ def random_resized_crop(backend, images, seed, scale: tuple[float, float], ratio
     height, width = images.shape[1], images.shape[2]
     batch = backend.shape(images)[0]
     area = backend.random.uniform((batch,), minval=scale[0], maxval=scale[1], seed=seed)
-    aspect = backend.numpy.exp(backend.random.uniform((batch,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]), seed=seed))
+    aspect = backend.numpy.exp(
+        backend.random.uniform((batch,), minval=math.log(ratio[0]), maxval=math.log(ratio[1]), seed=seed)
+    )
     # Box sides as fractions of the image's.
     box_width = backend.numpy.minimum(backend.numpy.sqrt(area * aspect), 1.0)
     box_height = backend.numpy.minimum(backend.numpy.sqrt(area / aspect), 1.0)

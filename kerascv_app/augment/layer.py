@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 
 import keras
+
 # DataLayer is not exported under keras.layers (Keras 3.15): imported from its module.
 from keras.src.layers.preprocessing.data_layer import DataLayer
 from keras.src.utils.backend_utils import DynamicBackend
@@ -79,7 +80,10 @@ class Augmentation(DataLayer):
         if not training or not self.augment_steps:
             return images
         if self.mixes_labels:
-            raise ValueError("mixup and cutmix mix labels, which a model does not see: run them in the tf.data pipeline (kerascv_app.augment.pipeline)")
+            raise ValueError(
+                "mixup and cutmix mix labels, which a model does not see: run them in the tf.data pipeline "
+                "(kerascv_app.augment.pipeline)"
+            )
         images = self.backend.cast(images, self.compute_dtype)
         images, _ = self._apply(self.backend, images, None, self._get_seed_generator(self.backend._backend))
         return images
@@ -115,4 +119,3 @@ class Augmentation(DataLayer):
 
     def get_config(self):
         return {**super().get_config(), "operations": self.operations, "seed": self.seed, "channels": self.channels}
-

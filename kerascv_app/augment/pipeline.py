@@ -25,7 +25,12 @@ def augment_batches(dataset, operations: tuple[AugmentOp, ...], seed: int, chann
         return dataset
     # A new stream of seeds each epoch, so an image position gets fresh augmentation.
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return augment_seeded_batches(tf.data.Dataset.zip((dataset, seeds)).map(lambda batch, batch_seed: (*batch, batch_seed)), operations, seed, channels)
+    return augment_seeded_batches(
+        tf.data.Dataset.zip((dataset, seeds)).map(lambda batch, batch_seed: (*batch, batch_seed)),
+        operations,
+        seed,
+        channels,
+    )
 
 
 def augment_seeded_batches(dataset, operations: tuple[AugmentOp, ...], seed: int, channels: int):
@@ -50,7 +55,9 @@ def augment_seeded_batches(dataset, operations: tuple[AugmentOp, ...], seed: int
 def pipeline_augmenter(operations: tuple[AugmentOp, ...], seed: int, channels: int):
     from kerascv_app.augment.layer import Augmentation
 
-    return Augmentation([operation.to_json() for operation in operations], seed=seed, channels=channels, name="pipeline_augmentation")
+    return Augmentation(
+        [operation.to_json() for operation in operations], seed=seed, channels=channels, name="pipeline_augmentation"
+    )
 
 
 def to_uint8(images):

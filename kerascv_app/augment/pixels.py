@@ -30,7 +30,9 @@ def salt_and_pepper(backend, images, seed, amount: float):
     shape = backend.shape(images)
     draw = backend.random.uniform((shape[0], shape[1], shape[2], 1), seed=seed)
     images = backend.numpy.where(draw < amount / 2.0, backend.numpy.full_like(images, 255.0), images)
-    return backend.numpy.where(backend.numpy.logical_and(draw >= amount / 2.0, draw < amount), backend.numpy.zeros_like(images), images)
+    return backend.numpy.where(
+        backend.numpy.logical_and(draw >= amount / 2.0, draw < amount), backend.numpy.zeros_like(images), images
+    )
 
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale and PIL's convert("L").
@@ -46,7 +48,9 @@ def random_saturation(backend, images, seed, factor: float):
     """
     batch = backend.shape(images)[0]
     strength = backend.random.uniform((batch, 1, 1, 1), minval=1.0 - factor, maxval=1.0 + factor, seed=seed)
-    grey = backend.numpy.sum(images * backend.convert_to_tensor(LUMA_WEIGHTS, dtype=images.dtype), axis=-1, keepdims=True)
+    grey = backend.numpy.sum(
+        images * backend.convert_to_tensor(LUMA_WEIGHTS, dtype=images.dtype), axis=-1, keepdims=True
+    )
     return backend.numpy.clip(grey + strength * (images - grey), 0.0, 255.0)
 
 
@@ -77,7 +81,9 @@ def equalize(backend, images):
     row_count = backend.shape(rows)[0]
     bins = rows + backend.numpy.arange(row_count, dtype="int32")[:, None] * LEVELS
     histograms = backend.math.segment_sum(
-        backend.numpy.ones_like(backend.numpy.reshape(bins, (-1,))), backend.numpy.reshape(bins, (-1,)), num_segments=row_count * LEVELS
+        backend.numpy.ones_like(backend.numpy.reshape(bins, (-1,))),
+        backend.numpy.reshape(bins, (-1,)),
+        num_segments=row_count * LEVELS,
     )
     histograms = backend.numpy.reshape(histograms, (-1, LEVELS))
     # PIL: step = (pixels - count of the highest level present) // 255; no step, no change.

@@ -42,7 +42,9 @@ def grid_size(count: int) -> tuple[int, int]:
 
 def figure_size_pixels(count: int) -> tuple[int, int]:
     columns, rows = grid_size(count)
-    return round(columns * CELL_WIDTH_INCHES * DOTS_PER_INCH), round((rows * CELL_HEIGHT_INCHES + TITLE_HEIGHT_INCHES) * DOTS_PER_INCH)
+    return round(columns * CELL_WIDTH_INCHES * DOTS_PER_INCH), round(
+        (rows * CELL_HEIGHT_INCHES + TITLE_HEIGHT_INCHES) * DOTS_PER_INCH
+    )
 
 
 def write_preview(config: Config, data_dir: str | Path | None, count: int, out: Path) -> Path:
@@ -104,7 +106,13 @@ def draw_grid(config: Config, class_names, images, labels, augmented, mixed_labe
     count = len(images)
     columns, rows = grid_size(count)
     width_pixels, height_pixels = figure_size_pixels(count)
-    figure, axes = plt.subplots(rows, columns, figsize=(width_pixels / DOTS_PER_INCH, height_pixels / DOTS_PER_INCH), dpi=DOTS_PER_INCH, squeeze=False)
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(width_pixels / DOTS_PER_INCH, height_pixels / DOTS_PER_INCH),
+        dpi=DOTS_PER_INCH,
+        squeeze=False,
+    )
     for axis in axes.flat:
         axis.axis("off")
     for index in range(count):
@@ -114,7 +122,14 @@ def draw_grid(config: Config, class_names, images, labels, augmented, mixed_labe
     placement = config.augment.placement
     operations = ", ".join(str(operation) for operation in config.augment.ops) or "no augmentation"
     figure.suptitle(f"{config.name} ({placement}): {operations}", fontsize=7, wrap=True)
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - TITLE_HEIGHT_INCHES / (height_pixels / DOTS_PER_INCH), wspace=0.1, hspace=0.35)
+    figure.subplots_adjust(
+        left=0.02,
+        right=0.98,
+        bottom=0.02,
+        top=1 - TITLE_HEIGHT_INCHES / (height_pixels / DOTS_PER_INCH),
+        wspace=0.1,
+        hspace=0.35,
+    )
     figure.savefig(out, dpi=DOTS_PER_INCH)
     plt.close(figure)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from kerascv_app.augment import geometry, pixels
 from kerascv_app.augment.spec import OP_SCHEMAS, AugmentOp, op
@@ -90,7 +90,9 @@ class CutMixStep(KerasLayerStep):
 
     def random_transformation(self, backend, data, seed):
         transformation = super().random_transformation(backend, data, seed)
-        pasted_fraction = backend.numpy.mean(backend.cast(transformation["batch_masks"][..., 0], "float32"), axis=(1, 2))
+        pasted_fraction = backend.numpy.mean(
+            backend.cast(transformation["batch_masks"][..., 0], "float32"), axis=(1, 2)
+        )
         return {**transformation, "mix_weight": 1.0 - pasted_fraction}
 
 
@@ -150,7 +152,9 @@ def _function(function, gate: float = 1.0, **arguments) -> FunctionStep:
     return FunctionStep(functools.partial(function, **arguments), gate)
 
 
-def _keras(layer_name: str, gate: float = 1.0, mixes_labels: bool = False, works_in_place: bool = False, **arguments) -> KerasLayerStep:
+def _keras(
+    layer_name: str, gate: float = 1.0, mixes_labels: bool = False, works_in_place: bool = False, **arguments
+) -> KerasLayerStep:
     """A step of ``keras.layers.<layer_name>(**arguments)``, applied to each image with chance ``gate``."""
     import keras
 
@@ -183,12 +187,20 @@ def _pad_crop(arguments, channels):
 
 @builder("translate")
 def _translate(arguments, channels):
-    return _function(geometry.random_translation, arguments["probability"], fraction=arguments["fraction"], axis=arguments["axis"], fill=arguments["fill"])
+    return _function(
+        geometry.random_translation,
+        arguments["probability"],
+        fraction=arguments["fraction"],
+        axis=arguments["axis"],
+        fill=arguments["fill"],
+    )
 
 
 @builder("rotate")
 def _rotate(arguments, channels):
-    return _function(geometry.random_rotation, arguments["probability"], degrees=arguments["degrees"], fill=arguments["fill"])
+    return _function(
+        geometry.random_rotation, arguments["probability"], degrees=arguments["degrees"], fill=arguments["fill"]
+    )
 
 
 @builder("zoom")
@@ -198,18 +210,32 @@ def _zoom(arguments, channels):
 
 @builder("shear")
 def _shear(arguments, channels):
-    return _function(geometry.random_shear, arguments["probability"], degrees=arguments["degrees"], axis=arguments["axis"], fill=arguments["fill"])
+    return _function(
+        geometry.random_shear,
+        arguments["probability"],
+        degrees=arguments["degrees"],
+        axis=arguments["axis"],
+        fill=arguments["fill"],
+    )
 
 
 @builder("resized_crop")
 def _resized_crop(arguments, channels):
-    return _function(geometry.random_resized_crop, arguments["probability"], scale=arguments["scale"], ratio=arguments["ratio"])
+    return _function(
+        geometry.random_resized_crop, arguments["probability"], scale=arguments["scale"], ratio=arguments["ratio"]
+    )
 
 
 # Colour. Keras's factors are mapped so that each op's parameter means what spec.py says.
 @builder("brightness")
 def _brightness(arguments, channels):
-    return _keras("RandomBrightness", arguments["probability"], works_in_place=True, factor=arguments["factor"], value_range=VALUE_RANGE)
+    return _keras(
+        "RandomBrightness",
+        arguments["probability"],
+        works_in_place=True,
+        factor=arguments["factor"],
+        value_range=VALUE_RANGE,
+    )
 
 
 @builder("contrast")
@@ -260,7 +286,12 @@ def _autocontrast(arguments, channels):
 def _sharpness(arguments, channels):
     # Keras's sharpness multiplier is twice a draw from its factor range; 1 leaves the image.
     strength = arguments["factor"]
-    return _keras("RandomSharpness", arguments["probability"], factor=((1 - strength) / 2, (1 + strength) / 2), value_range=VALUE_RANGE)
+    return _keras(
+        "RandomSharpness",
+        arguments["probability"],
+        factor=((1 - strength) / 2, (1 + strength) / 2),
+        value_range=VALUE_RANGE,
+    )
 
 
 # Noise.
@@ -282,7 +313,13 @@ ERASING_FILLS = {"random": None, "zero": 0.0, "grey": 127.5}
 def _erasing(arguments, channels):
     probability = arguments["probability"]
     # Keras's probability is drawn from its factor range: (p, p) makes it exactly p.
-    return _keras("RandomErasing", factor=(probability, probability), scale=arguments["scale"], fill_value=ERASING_FILLS[arguments["fill"]], value_range=VALUE_RANGE)
+    return _keras(
+        "RandomErasing",
+        factor=(probability, probability),
+        scale=arguments["scale"],
+        fill_value=ERASING_FILLS[arguments["fill"]],
+        value_range=VALUE_RANGE,
+    )
 
 
 @builder("mixup")
@@ -300,7 +337,10 @@ def _cutmix(arguments, channels):
 # Policies.
 @builder("randaugment")
 def _randaugment(arguments, channels):
-    return RandAugmentStep([build_step(operation, channels) for operation in randaugment_ops(arguments["magnitude"], channels)], arguments["num_ops"])
+    return RandAugmentStep(
+        [build_step(operation, channels) for operation in randaugment_ops(arguments["magnitude"], channels)],
+        arguments["num_ops"],
+    )
 
 
 def randaugment_ops(magnitude: float, channels: int) -> list[AugmentOp]:

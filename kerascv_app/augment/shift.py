@@ -23,7 +23,9 @@ def reflect_pad(images, padding: int):
 def _reflect_along(images, padding: int, axis: int):
     size = images.shape[axis]
     if padding >= size:
-        raise ValueError(f"reflect padding of {padding} pixels needs more than {padding} pixels along axis {axis}, received {size}")
+        raise ValueError(
+            f"reflect padding of {padding} pixels needs more than {padding} pixels along axis {axis}, received {size}"
+        )
     before = ops.flip(_slice(images, axis, 1, padding + 1), axis=axis)
     after = ops.flip(_slice(images, axis, size - padding - 1, size - 1), axis=axis)
     return ops.concatenate([before, images, after], axis=axis)

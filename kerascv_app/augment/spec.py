@@ -118,75 +118,247 @@ def _probability(default: float = 1.0, meaning: str = "the chance that an image 
 
 
 def _fill(default: str = "reflect") -> tuple[str, Param]:
-    return ("fill", Param("choice", default, choices=("reflect", "constant", "nearest"), meaning="what fills pixels that come from outside the image: its mirror image (edge pixel included, numpy's 'symmetric'), black, or the nearest edge pixel"))
+    return (
+        "fill",
+        Param(
+            "choice",
+            default,
+            choices=("reflect", "constant", "nearest"),
+            meaning=(
+                "what fills pixels that come from outside the image: its mirror image (edge pixel included, numpy's "
+                "'symmetric'), black, or the nearest edge pixel"
+            ),
+        ),
+    )
 
 
 def _axis(default: str = "both") -> tuple[str, Param]:
-    return ("axis", Param("choice", default, choices=("both", "x", "y"), meaning="x: horizontal, y: vertical, both: each independently"))
+    return (
+        "axis",
+        Param(
+            "choice",
+            default,
+            choices=("both", "x", "y"),
+            meaning="x: horizontal, y: vertical, both: each independently",
+        ),
+    )
 
 
 # Geometric.
-_register(OpSchema("flip", "mirrors an image", (
-    ("mode", Param("choice", "horizontal", choices=("horizontal", "vertical", "both"), meaning="left-right, top-bottom, or each independently")),
-    _probability(0.5, "the chance that an image is mirrored (per axis)"),
-)))
-_register(OpSchema("pad_crop", "pads by `padding` pixels and crops back at a random position (a shift of up to `padding` pixels)", (
-    ("padding", Param("int", 4, 1, 256, meaning="pixels added on each side")),
-    _fill("constant"),
-)))
-_register(OpSchema("translate", "shifts by a whole number of pixels, up to `fraction` of the size", (
-    ("fraction", Param("float", 0.125, 0.0, 1.0, meaning="the largest shift as a fraction of the height (width)")),
-    _axis(), _fill(), _probability(),
-)))
-_register(OpSchema("rotate", "rotates about the centre by an angle drawn from [-degrees, degrees]", (
-    ("degrees", Param("float", 15.0, 0.0, 180.0)), _fill(), _probability(),
-)))
-_register(OpSchema("zoom", "magnifies about the centre by a factor drawn from `scale` (above 1 zooms in)", (
-    ("scale", Param("range", (0.8, 1.25), 0.05, 20.0)), _fill(), _probability(),
-)))
-_register(OpSchema("shear", "shears by an angle drawn from [-degrees, degrees]", (
-    ("degrees", Param("float", 10.0, 0.0, 80.0)), _axis(), _fill(), _probability(),
-)))
-_register(OpSchema("resized_crop", "crops a random box (area fraction drawn from `scale`, aspect ratio from `ratio`) and resizes it to the image size", (
-    ("scale", Param("range", (0.08, 1.0), 0.0, 1.0, exclusive_low=True)),
-    ("ratio", Param("range", (3 / 4, 4 / 3), 0.05, 20.0)),
-    _probability(),
-)))
+_register(
+    OpSchema(
+        "flip",
+        "mirrors an image",
+        (
+            (
+                "mode",
+                Param(
+                    "choice",
+                    "horizontal",
+                    choices=("horizontal", "vertical", "both"),
+                    meaning="left-right, top-bottom, or each independently",
+                ),
+            ),
+            _probability(0.5, "the chance that an image is mirrored (per axis)"),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "pad_crop",
+        "pads by `padding` pixels and crops back at a random position (a shift of up to `padding` pixels)",
+        (
+            ("padding", Param("int", 4, 1, 256, meaning="pixels added on each side")),
+            _fill("constant"),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "translate",
+        "shifts by a whole number of pixels, up to `fraction` of the size",
+        (
+            (
+                "fraction",
+                Param("float", 0.125, 0.0, 1.0, meaning="the largest shift as a fraction of the height (width)"),
+            ),
+            _axis(),
+            _fill(),
+            _probability(),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "rotate",
+        "rotates about the centre by an angle drawn from [-degrees, degrees]",
+        (
+            ("degrees", Param("float", 15.0, 0.0, 180.0)),
+            _fill(),
+            _probability(),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "zoom",
+        "magnifies about the centre by a factor drawn from `scale` (above 1 zooms in)",
+        (
+            ("scale", Param("range", (0.8, 1.25), 0.05, 20.0)),
+            _fill(),
+            _probability(),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "shear",
+        "shears by an angle drawn from [-degrees, degrees]",
+        (
+            ("degrees", Param("float", 10.0, 0.0, 80.0)),
+            _axis(),
+            _fill(),
+            _probability(),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "resized_crop",
+        "crops a random box (area fraction drawn from `scale`, aspect ratio from `ratio`) and resizes it to the "
+        "image size",
+        (
+            ("scale", Param("range", (0.08, 1.0), 0.0, 1.0, exclusive_low=True)),
+            ("ratio", Param("range", (3 / 4, 4 / 3), 0.05, 20.0)),
+            _probability(),
+        ),
+    )
+)
 # Colour.
-_register(OpSchema("brightness", "adds a delta drawn from [-factor, factor] x 255", (("factor", Param("float", 0.2, 0.0, 1.0)), _probability())))
-_register(OpSchema("contrast", "scales the distance from the mean by a factor drawn from [1 - factor, 1 + factor]", (("factor", Param("float", 0.2, 0.0, 1.0)), _probability())))
-_register(OpSchema("saturation", "blends with the image's grey version by a factor drawn from [1 - factor, 1 + factor] (0 grey, 1 unchanged)", (("factor", Param("float", 0.2, 0.0, 1.0)), _probability()), needs_color=True))
-_register(OpSchema("hue", "turns the hue by up to `factor` of a full turn, either way", (("factor", Param("float", 0.05, 0.0, 0.5)), _probability()), needs_color=True))
-_register(OpSchema("grayscale", "replaces an image by its grey levels (kept as 3 channels)", (_probability(0.1),), needs_color=True))
-_register(OpSchema("solarize", "inverts the pixels at or above `threshold`", (("threshold", Param("float", 128.0, 0.0, 256.0)), _probability())))
-_register(OpSchema("posterize", "keeps the `bits` highest bits of each pixel", (("bits", Param("int", 4, 1, 8)), _probability())))
+_register(
+    OpSchema(
+        "brightness",
+        "adds a delta drawn from [-factor, factor] x 255",
+        (("factor", Param("float", 0.2, 0.0, 1.0)), _probability()),
+    )
+)
+_register(
+    OpSchema(
+        "contrast",
+        "scales the distance from the mean by a factor drawn from [1 - factor, 1 + factor]",
+        (("factor", Param("float", 0.2, 0.0, 1.0)), _probability()),
+    )
+)
+_register(
+    OpSchema(
+        "saturation",
+        "blends with the image's grey version by a factor drawn from [1 - factor, 1 + factor] (0 grey, 1 unchanged)",
+        (("factor", Param("float", 0.2, 0.0, 1.0)), _probability()),
+        needs_color=True,
+    )
+)
+_register(
+    OpSchema(
+        "hue",
+        "turns the hue by up to `factor` of a full turn, either way",
+        (("factor", Param("float", 0.05, 0.0, 0.5)), _probability()),
+        needs_color=True,
+    )
+)
+_register(
+    OpSchema(
+        "grayscale", "replaces an image by its grey levels (kept as 3 channels)", (_probability(0.1),), needs_color=True
+    )
+)
+_register(
+    OpSchema(
+        "solarize",
+        "inverts the pixels at or above `threshold`",
+        (("threshold", Param("float", 128.0, 0.0, 256.0)), _probability()),
+    )
+)
+_register(
+    OpSchema(
+        "posterize", "keeps the `bits` highest bits of each pixel", (("bits", Param("int", 4, 1, 8)), _probability())
+    )
+)
 _register(OpSchema("equalize", "equalizes each channel's histogram", (_probability(),)))
 _register(OpSchema("autocontrast", "stretches each channel to the full [0, 255] range", (_probability(),)))
-_register(OpSchema("sharpness", "sharpens or blurs by a factor between 1 - factor and 1 + factor (1 is unchanged)", (("factor", Param("float", 0.5, 0.0, 1.0)), _probability())))
+_register(
+    OpSchema(
+        "sharpness",
+        "sharpens or blurs by a factor between 1 - factor and 1 + factor (1 is unchanged)",
+        (("factor", Param("float", 0.5, 0.0, 1.0)), _probability()),
+    )
+)
 # Noise.
-_register(OpSchema("gaussian_noise", "adds gaussian noise with standard deviation `stddev` pixel levels (0-255), then clips", (
-    ("stddev", Param("float", 8.0, 0.0, 255.0)), _probability(),
-)))
-_register(OpSchema("salt_pepper", "sets a fraction `amount` of the pixels to white or black (half each)", (
-    ("amount", Param("float", 0.02, 0.0, 1.0)), _probability(),
-)))
+_register(
+    OpSchema(
+        "gaussian_noise",
+        "adds gaussian noise with standard deviation `stddev` pixel levels (0-255), then clips",
+        (
+            ("stddev", Param("float", 8.0, 0.0, 255.0)),
+            _probability(),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "salt_pepper",
+        "sets a fraction `amount` of the pixels to white or black (half each)",
+        (
+            ("amount", Param("float", 0.02, 0.0, 1.0)),
+            _probability(),
+        ),
+    )
+)
 # Occlusion and mixing.
-_register(OpSchema("erasing", "random erasing / cutout: fills a random rectangle of area fraction drawn from `scale`", (
-    _probability(0.5, "the chance that an image gets a rectangle"),
-    ("scale", Param("range", (0.02, 0.33), 0.0, 1.0, exclusive_low=True)),
-    ("fill", Param("choice", "random", choices=("random", "zero", "grey"), meaning="random noise, black (cutout), or mid-grey")),
-)))
-_register(OpSchema("mixup", "blends each image with another of the batch, weight drawn from Beta(alpha, alpha); labels blended alike", (
-    ("alpha", Param("float", 0.2, 0.0, 10.0, exclusive_low=True)),
-), mixes_labels=True))
-_register(OpSchema("cutmix", "pastes a box of another image of the batch, area from Beta(alpha, alpha); labels mixed by area", (
-    ("alpha", Param("float", 1.0, 0.0, 1.0, exclusive_low=True)),
-), mixes_labels=True))
+_register(
+    OpSchema(
+        "erasing",
+        "random erasing / cutout: fills a random rectangle of area fraction drawn from `scale`",
+        (
+            _probability(0.5, "the chance that an image gets a rectangle"),
+            ("scale", Param("range", (0.02, 0.33), 0.0, 1.0, exclusive_low=True)),
+            (
+                "fill",
+                Param(
+                    "choice",
+                    "random",
+                    choices=("random", "zero", "grey"),
+                    meaning="random noise, black (cutout), or mid-grey",
+                ),
+            ),
+        ),
+    )
+)
+_register(
+    OpSchema(
+        "mixup",
+        "blends each image with another of the batch, weight drawn from Beta(alpha, alpha); labels blended alike",
+        (("alpha", Param("float", 0.2, 0.0, 10.0, exclusive_low=True)),),
+        mixes_labels=True,
+    )
+)
+_register(
+    OpSchema(
+        "cutmix",
+        "pastes a box of another image of the batch, area from Beta(alpha, alpha); labels mixed by area",
+        (("alpha", Param("float", 1.0, 0.0, 1.0, exclusive_low=True)),),
+        mixes_labels=True,
+    )
+)
 # Policies.
-_register(OpSchema("randaugment", "RandAugment: `num_ops` ops per image, each chosen at random per image, of strength up to `magnitude` (0-10)", (
-    ("num_ops", Param("int", 2, 1, 10)),
-    ("magnitude", Param("float", 9.0, 0.0, 10.0)),
-)))
+_register(
+    OpSchema(
+        "randaugment",
+        "RandAugment: `num_ops` ops per image, each chosen at random per image, of strength up to `magnitude` (0-10)",
+        (
+            ("num_ops", Param("int", 2, 1, 10)),
+            ("magnitude", Param("float", 9.0, 0.0, 10.0)),
+        ),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -212,13 +384,20 @@ class AugmentOp:
         return dict(self.params)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "params": {key: list(value) if isinstance(value, tuple) else value for key, value in self.params}}
+        return {
+            "name": self.name,
+            "params": {key: list(value) if isinstance(value, tuple) else value for key, value in self.params},
+        }
 
     @classmethod
-    def from_json(cls, value) -> "AugmentOp":
+    def from_json(cls, value) -> AugmentOp:
         if isinstance(value, str):
             return parse_op_text(value)
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not isinstance(value.get("params", {}), dict):
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("name"), str)
+            or not isinstance(value.get("params", {}), dict)
+        ):
             raise UserError(f"augment op {value!r} is malformed: expected {{'name': str, 'params': {{...}}}}")
         return op(value["name"], **value.get("params", {}))
 
@@ -236,8 +415,12 @@ def _checked_params(name, params) -> tuple[tuple[str, object], ...]:
     schema = OP_SCHEMAS.get(name) if isinstance(name, str) else None
     if schema is None:
         raise UserError(f"augment op {name!r} is unknown: use one of {', '.join(OP_SCHEMAS)}")
-    if not isinstance(params, tuple) or not all(isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in params):
-        raise UserError(f"augment op {name!r}: parameters {params!r} are malformed: make ops with op({name!r}, key=value)")
+    if not isinstance(params, tuple) or not all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) for pair in params
+    ):
+        raise UserError(
+            f"augment op {name!r}: parameters {params!r} are malformed: make ops with op({name!r}, key=value)"
+        )
     checked = []
     for key, value in sorted(params):
         spec = schema.param(key)
@@ -299,7 +482,9 @@ HEAVY_PRESET: tuple[AugmentOp, ...] = SEED_PRESET + (
 PLACEMENTS = ("pipeline", "device")
 
 
-def split_by_placement(ops: tuple[AugmentOp, ...], placement: str) -> tuple[tuple[AugmentOp, ...], tuple[AugmentOp, ...]]:
+def split_by_placement(
+    ops: tuple[AugmentOp, ...], placement: str
+) -> tuple[tuple[AugmentOp, ...], tuple[AugmentOp, ...]]:
     """(ops for the tf.data pipeline, ops for inside the model).
 
     With ``placement = "device"`` the image ops go into the model and the mixing ops stay

@@ -33,7 +33,7 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, indices: np.ndarray) -> "ImageSplit":
+    def subset(self, indices: np.ndarray) -> ImageSplit:
         raise NotImplementedError
 
     def to_dataset(self):
@@ -96,6 +96,8 @@ class FileSplit(ImageSplit):
         super().__init__(labels, paths)
         self.paths = paths
         self.decoded_positions = np.zeros(len(paths), dtype=bool)
+        # Files a decoder other than TensorFlow's (the fast loop's Pillow) found undecodable.
+        self.failed_positions = np.zeros(len(paths), dtype=bool)
 
     def subset(self, indices):
         return FileSplit(self.paths[indices], self.labels[indices])
@@ -116,11 +118,15 @@ class FileSplit(ImageSplit):
     def undecodable_paths(self) -> list[str]:
         """Files that never came out of the decoder. A file the pipeline did not reach (a
         resumed run's partial epoch) is not one of them: the few candidates are decoded once
-        more here, and only those that fail again are named."""
+        more here, and only those that fail again are named. A split the fast loop decoded
+        whole needs no second look, and no TensorFlow."""
+        failed = [str(path) for path in self.paths[self.failed_positions]]
+        unknown = self.paths[~self.decoded_positions & ~self.failed_positions]
+        if not len(unknown):
+            return failed
         import tensorflow as tf
 
-        failed = []
-        for path in self.paths[~self.decoded_positions]:
+        for path in unknown:
             try:
                 tf.io.decode_image(tf.io.read_file(str(path)), expand_animations=False)
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
@@ -129,6 +135,9 @@ class FileSplit(ImageSplit):
 
     def mark_decoded(self, positions) -> None:
         self.decoded_positions[np.asarray(positions)] = True
+
+    def mark_failed(self, positions) -> None:
+        self.failed_positions[np.asarray(positions)] = True
 
     def _paths_and_labels(self):
         import tensorflow as tf
@@ -141,8 +150,13 @@ class FileSplit(ImageSplit):
         import tensorflow as tf
 
         if with_positions:
-            return listing.map(lambda position, path, label: (position, tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
-        return listing.map(lambda position, path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE)
+            return listing.map(
+                lambda position, path, label: (position, tf.io.read_file(path), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        return listing.map(
+            lambda position, path, label: (tf.io.read_file(path), label), num_parallel_calls=tf.data.AUTOTUNE
+        )
 
 
 def epoch_seed(seed: int, epoch):
@@ -210,7 +224,9 @@ def select_by_position(batches, positions: np.ndarray, labels: np.ndarray, split
     def select(batch_positions, batch_elements):
         # A copy count of 0 drops a record, 2 repeats it: one vectorised op per batch.
         copies = tf.gather(copies_table, batch_positions)
-        return tf.repeat(batch_elements, copies, axis=0), tf.repeat(tf.gather(label_table, batch_positions), copies, axis=0)
+        return tf.repeat(batch_elements, copies, axis=0), tf.repeat(
+            tf.gather(label_table, batch_positions), copies, axis=0
+        )
 
     dataset = batches.map(select, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     # Known length for progress bars; also fails loudly if the records ever changed under us.
@@ -240,10 +256,15 @@ def select_classes(data: LoadedData, wanted: tuple[str, ...]) -> LoadedData:
     if not wanted:
         return data
     if len(set(wanted)) < 2:
-        raise UserError(f"data.classes = {list(wanted)} keeps fewer than two classes: a classifier needs at least two; name two or more, or leave data.classes empty for all of {data.class_names}")
+        raise UserError(
+            f"data.classes = {list(wanted)} keeps fewer than two classes: a classifier needs at least two; name two "
+            f"or more, or leave data.classes empty for all of {data.class_names}"
+        )
     unknown = [name for name in wanted if name not in data.class_names]
     if unknown:
-        raise UserError(f"data.classes names {unknown} which {data.name} does not have; its classes are {data.class_names}")
+        raise UserError(
+            f"data.classes names {unknown} which {data.name} does not have; its classes are {data.class_names}"
+        )
     old_to_new = {data.class_names.index(name): new for new, name in enumerate(wanted)}
 
     def keep(split):

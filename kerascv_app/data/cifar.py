@@ -74,7 +74,10 @@ def load_cifar(kind: str, path: Path | None) -> LoadedData:
     else:
         path = Path(path).expanduser()
         if not path.exists():
-            raise UserError(f"{path} does not exist: {kind} needs {layout.archive}, a folder holding it, or its extracted {layout.folder} folder")
+            raise UserError(
+                f"{path} does not exist: {kind} needs {layout.archive}, a folder holding it, or its extracted "
+                f"{layout.folder} folder"
+            )
         location = _find_in(path, layout) or download(layout.url, path, remedy)
     return _load(kind, layout, location)
 
@@ -109,7 +112,10 @@ def _load(kind: str, layout: CifarLayout, location: Path) -> LoadedData:
     batches = _read_batches(location, (*layout.train_batches, layout.test_batch, layout.meta))
     meta = batches[layout.meta]
     if not isinstance(meta, dict) or layout.class_names_key not in meta:
-        raise UserError(f"{location}: {layout.meta} has no {layout.class_names_key!r} entry, so it is not {kind}'s; pass the {layout.archive} archive")
+        raise UserError(
+            f"{location}: {layout.meta} has no {layout.class_names_key!r} entry, so it is not {kind}'s; pass the "
+            f"{layout.archive} archive"
+        )
     class_names = [name.decode() if isinstance(name, bytes) else str(name) for name in meta[layout.class_names_key]]
     train = _to_split([batches[name] for name in layout.train_batches], layout, location, len(class_names))
     test = _to_split([batches[layout.test_batch]], layout, location, len(class_names))
@@ -138,10 +144,15 @@ def _read_batches(location: Path, names: tuple[str, ...]) -> dict[str, object]:
                     if member.isfile() and name in names and name not in batches:
                         batches[name] = _unpickle(archive.extractfile(member), f"{location}:{member.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise UserError(f"cannot read {location} ({first_line(error)}): it is damaged or not a CIFAR archive; download it again") from error
+        raise UserError(
+            f"cannot read {location} ({first_line(error)}): it is damaged or not a CIFAR archive; download it again"
+        ) from error
     missing = [name for name in names if name not in batches]
     if missing:
-        raise UserError(f"{location} lacks {', '.join(missing)}: it is incomplete or not this CIFAR dataset; pass the whole archive or its extracted folder")
+        raise UserError(
+            f"{location} lacks {', '.join(missing)}: it is incomplete or not this CIFAR dataset; pass the whole "
+            "archive or its extracted folder"
+        )
     return batches
 
 
@@ -175,17 +186,27 @@ def _unpickle(file: IO[bytes], source) -> object:
         # The batches were pickled by python 2: their strings are bytes.
         return _BatchUnpickler(file, encoding="bytes").load()
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
-        raise UserError(f"{source} is not a readable CIFAR batch ({first_line(error)}): download the archive again") from error
+        raise UserError(
+            f"{source} is not a readable CIFAR batch ({first_line(error)}): download the archive again"
+        ) from error
 
 
 def _to_split(batches: list, layout: CifarLayout, location: Path, class_count: int) -> ArraySplit:
     images, labels = [], []
     for batch in batches:
         if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
-            raise UserError(f"{location} holds a batch without b'data' and {layout.label_key!r}: it is not this CIFAR dataset's; pass {layout.archive}")
+            raise UserError(
+                f"{location} holds a batch without b'data' and {layout.label_key!r}: it is not this CIFAR "
+                f"dataset's; pass {layout.archive}"
+            )
         data = np.asarray(batch[b"data"])
         batch_labels = np.asarray(batch[layout.label_key], dtype=np.int64)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != np.prod(IMAGE_SHAPE) or len(data) != len(batch_labels):
+        if (
+            data.dtype != np.uint8
+            or data.ndim != 2
+            or data.shape[1] != np.prod(IMAGE_SHAPE)
+            or len(data) != len(batch_labels)
+        ):
             raise UserError(
                 f"{location} holds a batch of shape {data.shape} ({data.dtype}) with {len(batch_labels)} labels, "
                 f"expected N x {np.prod(IMAGE_SHAPE)} uint8 and N labels: the archive is damaged; download it again"
@@ -195,6 +216,9 @@ def _to_split(batches: list, layout: CifarLayout, location: Path, class_count: i
     labels = np.concatenate(labels)
     out_of_range = labels[(labels < 0) | (labels >= class_count)]
     if len(out_of_range):
-        raise UserError(f"{location} holds label {out_of_range[0]} but names only {class_count} classes: the archive is damaged; download it again")
+        raise UserError(
+            f"{location} holds label {out_of_range[0]} but names only {class_count} classes: the archive is "
+            "damaged; download it again"
+        )
     # One contiguous copy: tf.data slices it without another.
     return ArraySplit(np.ascontiguousarray(np.concatenate(images)), labels)

@@ -45,7 +45,10 @@ NAMED_IN_WARNING = 5
 def load_image_folder(path: Path) -> LoadedData:
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"{path} does not exist: folder:PATH needs a folder with one sub-folder of images per class, or a .tar/.tar.gz of one")
+        raise UserError(
+            f"{path} does not exist: folder:PATH needs a folder with one sub-folder of images per class, or a "
+            ".tar/.tar.gz of one"
+        )
     root = _layout_root(extract_archive(path) if path.is_file() else path)
     split_folders = _split_folders(root)
     scans = {split: _scan_split(folder) for split, folder in split_folders.items()}
@@ -80,7 +83,12 @@ def _layout_root(folder: Path) -> Path:
     """Looks through folders that only wrap the layout, e.g. an archive's single top folder."""
     while True:
         subfolders = _subfolders(folder)
-        if len(subfolders) != 1 or _image_files_in(folder) or _named_split(subfolders[0]) or not _subfolders(subfolders[0]):
+        if (
+            len(subfolders) != 1
+            or _image_files_in(folder)
+            or _named_split(subfolders[0])
+            or not _subfolders(subfolders[0])
+        ):
             return folder
         folder = subfolders[0]
 
@@ -167,17 +175,25 @@ def _scan_split(folder: Path) -> SplitScan:
     """Lists each class folder's image files (recursively, sorted) and checks them all."""
     class_folders = _subfolders(folder)
     if not class_folders:
-        raise UserError(f"{folder} has no class folders: put each class's images in a sub-folder named after the class, e.g. {folder / 'cat' / '0001.jpg'}")
+        raise UserError(
+            f"{folder} has no class folders: put each class's images in a sub-folder named after the class, e.g. "
+            f"{folder / 'cat' / '0001.jpg'}"
+        )
     paths, labels = [], []
     for label, class_folder in enumerate(class_folders):
         class_paths = sorted(_image_paths(class_folder))
         if not class_paths:
             extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise UserError(f"class folder {class_folder} has no images ({extensions}): add images or remove the folder")
+            raise UserError(
+                f"class folder {class_folder} has no images ({extensions}): add images or remove the folder"
+            )
         paths += class_paths
         labels += [label] * len(class_paths)
     checks = check_image_files(paths)
-    files = [ImageFile(path, label, size, problem) for path, label, (size, problem) in zip(paths, labels, checks, strict=True)]
+    files = [
+        ImageFile(path, label, size, problem)
+        for path, label, (size, problem) in zip(paths, labels, checks, strict=True)
+    ]
     return SplitScan(folder, [class_folder.name for class_folder in class_folders], files)
 
 
@@ -250,24 +266,36 @@ def _check_scans(root: Path, split_folders: dict[str, Path], scans: dict[str, Sp
     class_names = scans["train"].class_names
     for split, scan in scans.items():
         if scan.class_names != class_names:
-            raise UserError(_class_mismatch(split_folders[split], scan.class_names, split_folders["train"], class_names))
+            raise UserError(
+                _class_mismatch(split_folders[split], scan.class_names, split_folders["train"], class_names)
+            )
     for scan in scans.values():
         scan.check_every_class_readable()
     if len(class_names) < 2:
-        raise UserError(f"{split_folders['train']} has only the class folder {class_names[0]!r}: a classifier needs two or more classes, one folder each")
+        raise UserError(
+            f"{split_folders['train']} has only the class folder {class_names[0]!r}: a classifier needs two or more "
+            "classes, one folder each"
+        )
 
 
 def _class_mismatch(folder: Path, class_names: list[str], train_folder: Path, train_class_names: list[str]) -> str:
     missing = sorted(set(train_class_names) - set(class_names))
     extra = sorted(set(class_names) - set(train_class_names))
-    differences = "; ".join(part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if part)
-    return f"the class folders of {folder} differ from those of {train_folder} ({differences}): every split needs the same class folders"
+    differences = "; ".join(
+        part for part in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if part
+    )
+    return (
+        f"the class folders of {folder} differ from those of {train_folder} ({differences}): every split needs the "
+        "same class folders"
+    )
 
 
 def _warn_skipped(root: Path, skipped: list[ImageFile]) -> None:
     named = [f"{_relative(file.path, root)} ({file.problem})" for file in skipped[:NAMED_IN_WARNING]]
     more = f" and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
-    print(f"warning: skipped {len(skipped)} unreadable image file(s) in {root}: {', '.join(named)}{more}", file=sys.stderr)
+    print(
+        f"warning: skipped {len(skipped)} unreadable image file(s) in {root}: {', '.join(named)}{more}", file=sys.stderr
+    )
 
 
 # ---------------------------------------------------------------------------- archives
@@ -282,7 +310,10 @@ def extract_archive(archive: Path) -> Path:
     folder that a later run would take as complete.
     """
     if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise UserError(f"{archive} is a file but not a .tar, .tar.gz or .tgz archive: folder:PATH needs a folder of class folders or an archive of one")
+        raise UserError(
+            f"{archive} is a file but not a .tar, .tar.gz or .tgz archive: folder:PATH needs a folder of class "
+            "folders or an archive of one"
+        )
     target = _extraction_folder(archive)
     if target.is_dir():
         return target
@@ -295,9 +326,15 @@ def extract_archive(archive: Path) -> Path:
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, tarfile.FilterError):
-            raise UserError(f"{archive} member {error.tarinfo.name!r} cannot be extracted safely ({first_line(error)}): refusing the archive; make it again with plain files only") from error
+            raise UserError(
+                f"{archive} member {error.tarinfo.name!r} cannot be extracted safely ({first_line(error)}): "
+                "refusing the archive; make it again with plain files only"
+            ) from error
         if isinstance(error, (tarfile.TarError, EOFError, zlib.error, OSError)):
-            raise UserError(f"cannot extract {archive} ({first_line(error)}): the archive is damaged or incomplete; make or download it again") from error
+            raise UserError(
+                f"cannot extract {archive} ({first_line(error)}): the archive is damaged or incomplete; make or "
+                "download it again"
+            ) from error
         raise
     return target
 
@@ -333,7 +370,10 @@ def _safe_members(tar: tarfile.TarFile, archive: Path):
     for member in tar:
         problem = _unsafe(member)
         if problem:
-            raise UserError(f"{archive} member {member.name!r} {problem}: refusing to extract the archive; make it again with relative paths only")
+            raise UserError(
+                f"{archive} member {member.name!r} {problem}: refusing to extract the archive; make it again with "
+                "relative paths only"
+            )
         yield member
 
 

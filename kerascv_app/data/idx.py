@@ -30,7 +30,18 @@ SPLIT_FILES = {
 }
 GZIPPED_FILE_NAMES = [f"{name}.gz" for names in SPLIT_FILES.values() for name in names]
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # Where Debian's dataset-fashion-mnist package puts the four files.
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # The mirror that keras.datasets.fashion_mnist.load_data() downloads from.
@@ -44,7 +55,9 @@ def load_idx_directory(path: Path, class_names: list[str] | None = None, name: s
     """
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise UserError(f"{path} is not a folder: idx:DIR needs a folder holding {' and '.join(SPLIT_FILES['train'])} (.gz or raw)")
+        raise UserError(
+            f"{path} is not a folder: idx:DIR needs a folder holding {' and '.join(SPLIT_FILES['train'])} (.gz or raw)"
+        )
     train = _read_split(path, "train")
     if train is None:
         raise UserError(f"{path} has no training files: put {' and '.join(SPLIT_FILES['train'])} (.gz or raw) there")
@@ -53,7 +66,10 @@ def load_idx_directory(path: Path, class_names: list[str] | None = None, name: s
     if class_names is None:
         class_names = [str(label) for label in range(max(10, largest_label + 1))]
     elif largest_label >= len(class_names):
-        raise UserError(f"{path} holds label {largest_label}, but {name or 'this dataset'} has only {len(class_names)} classes: the label files are not this dataset's")
+        raise UserError(
+            f"{path} holds label {largest_label}, but {name or 'this dataset'} has only {len(class_names)} classes: "
+            "the label files are not this dataset's"
+        )
     arrays = [array for split in (train, test) if split is not None for array in (split.images, split.labels)]
     return LoadedData(
         name=name or f"idx:{path}",
@@ -93,11 +109,16 @@ def _read_split(directory: Path, split: str) -> ArraySplit | None:
         return None
     if image_file is None or label_file is None:
         missing = image_name if image_file is None else label_name
-        raise UserError(f"{directory} has only half of the {split} split: {missing}(.gz) is missing; add it or remove its partner")
+        raise UserError(
+            f"{directory} has only half of the {split} split: {missing}(.gz) is missing; add it or remove its partner"
+        )
     images = read_idx(image_file, IMAGE_MAGIC)
     labels = read_idx(label_file, LABEL_MAGIC)
     if len(images) != len(labels):
-        raise UserError(f"{image_file.name} holds {len(images)} images but {label_file.name} holds {len(labels)} labels: the files do not belong together")
+        raise UserError(
+            f"{image_file.name} holds {len(images)} images but {label_file.name} holds {len(labels)} labels: the "
+            "files do not belong together"
+        )
     return ArraySplit(images, labels.astype(np.int64))
 
 

@@ -34,7 +34,9 @@ class CacheChoice:
         return {"setting": self.setting, "chosen": self.mode, "reason": self.reason}
 
     def line(self) -> str:
-        where = {"memory": "in memory", "none": "not cached (decoded again every epoch)"}.get(self.mode, f"in files {self.mode}-<split>-*")
+        where = {"memory": "in memory", "none": "not cached (decoded again every epoch)"}.get(
+            self.mode, f"in files {self.mode}-<split>-*"
+        )
         return f"data cache: {where}; {self.reason}"
 
 
@@ -66,12 +68,29 @@ def choose_cache(data: DataConfig, image_count: int, available: int | None = Non
         available = available_memory() if available is None else available
         budget = int(available * MEMORY_SHARE)
         if size <= budget:
-            return CacheChoice(setting, "memory", f"data.cache = 'auto': {image_count:,} images decoded take {_gigabytes(size)}, within a quarter of the {_gigabytes(available)} available")
-        return CacheChoice(setting, "none", f"data.cache = 'auto': {image_count:,} images decoded would take {_gigabytes(size)}, more than a quarter of the {_gigabytes(available)} available; set data.cache = PATH to cache them in files")
+            return CacheChoice(
+                setting,
+                "memory",
+                f"data.cache = 'auto': {image_count:,} images decoded take {_gigabytes(size)}, within a quarter of "
+                f"the {_gigabytes(available)} available",
+            )
+        return CacheChoice(
+            setting,
+            "none",
+            f"data.cache = 'auto': {image_count:,} images decoded would take {_gigabytes(size)}, more than a "
+            f"quarter of the {_gigabytes(available)} available; set data.cache = PATH to cache them in files",
+        )
     folder = Path(setting).expanduser().parent
     if not folder.is_dir():
-        raise UserError(f"data.cache = {setting!r}: the folder {folder} does not exist; create it, or use data.cache = 'auto', 'memory' or 'none'")
-    return CacheChoice(setting, str(Path(setting).expanduser()), f"data.cache = {setting!r}: {_gigabytes(size)} decoded, written once per split")
+        raise UserError(
+            f"data.cache = {setting!r}: the folder {folder} does not exist; create it, or use data.cache = 'auto', "
+            "'memory' or 'none'"
+        )
+    return CacheChoice(
+        setting,
+        str(Path(setting).expanduser()),
+        f"data.cache = {setting!r}: {_gigabytes(size)} decoded, written once per split",
+    )
 
 
 #: Open files whose flock says "this process uses that cache prefix" until it exits.
@@ -92,9 +111,12 @@ def file_cache(dataset, prefix: str):
         handle = open(f"{prefix}.kcv-lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as error:
             handle.close()
-            raise UserError(f"data.cache: another running kcv process is filling the cache {prefix}: wait for it, or use another data.cache path")
+            raise UserError(
+                f"data.cache: another running kcv process is filling the cache {prefix}: wait for it, or use "
+                "another data.cache path"
+            ) from error
         _held_cache_locks[prefix] = handle
         for stale in glob.glob(glob.escape(prefix) + "_*.lockfile") + glob.glob(glob.escape(prefix) + "_*.tempstate*"):
             os.remove(stale)
@@ -151,7 +173,9 @@ def _decoded_files(split: FileSplit, data: DataConfig, training: bool, seed: int
     others at its end (FileSplit.undecodable_paths)."""
     import tensorflow as tf
 
-    dataset = split.to_training_dataset(seed, with_positions=True) if training else split.to_dataset(with_positions=True)
+    dataset = (
+        split.to_training_dataset(seed, with_positions=True) if training else split.to_dataset(with_positions=True)
+    )
     dataset = dataset.map(
         lambda position, encoded, label: (position, decode_image(encoded, data.image_size, data.channels), label),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -222,9 +246,13 @@ def make_dataset(
     if cache == "memory":
         dataset = dataset.cache()
     elif cache != "none":
-        dataset = file_cache(dataset, split_cache_prefix(cache, split, split_name or ("train" if training else "eval"), data))
+        dataset = file_cache(
+            dataset, split_cache_prefix(cache, split, split_name or ("train" if training else "eval"), data)
+        )
     if training:
-        dataset = dataset.shuffle(min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(
+            min(data.shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True
+        )
     dataset = dataset.batch(data.batch_size, num_parallel_calls=autotune)
 
     def one_hot(*batch):
@@ -283,15 +311,25 @@ def make_training_epochs(
     def decoded(epoch):
         if isinstance(split, FileSplit):
             dataset = split.to_training_dataset(seed, epoch, with_positions=True).map(
-                lambda position, encoded, label: (position, decode_image(encoded, data.image_size, data.channels), label),
+                lambda position, encoded, label: (
+                    position,
+                    decode_image(encoded, data.image_size, data.channels),
+                    label,
+                ),
                 num_parallel_calls=autotune,
             )
             return dataset.ignore_errors()
         dataset = split.to_training_dataset(seed, epoch)
         if split.element_kind == "encoded":
-            dataset = dataset.map(lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label), num_parallel_calls=autotune)
+            dataset = dataset.map(
+                lambda encoded, label: (decode_image(encoded, data.image_size, data.channels), label),
+                num_parallel_calls=autotune,
+            )
             return dataset.ignore_errors()
-        return dataset.map(lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label), num_parallel_calls=autotune)
+        return dataset.map(
+            lambda image, label: (resize_image(_match_channels(image, data.channels), data.image_size), label),
+            num_parallel_calls=autotune,
+        )
 
     cache = data.cache
     if cache == "auto":  # Callers that did not resolve it for the whole run: this split alone.
@@ -304,7 +342,11 @@ def make_training_epochs(
         # A cache holds the order it was filled in, the first epoch's: epoch 0's, whichever
         # epoch fills it, so that a resumed process caches what the first process did.
         cached = decoded(0)
-        cached = cached.cache() if cache == "memory" else file_cache(cached, split_cache_prefix(cache, split, split_name, data))
+        cached = (
+            cached.cache()
+            if cache == "memory"
+            else file_cache(cached, split_cache_prefix(cache, split, split_name, data))
+        )
 
         def epoch_stream(epoch):
             return cached
@@ -318,7 +360,9 @@ def make_training_epochs(
         seeds = tf.data.Dataset.range(batches_per_epoch).map(lambda index: tf.stack([epoch_seed(seed, epoch), index]))
         batches = tf.data.Dataset.zip((batches, seeds)).map(lambda batch, batch_seed: (*batch, batch_seed))
         # Skipped before one-hot and augmentation, which skipped batches do not need.
-        return batches.skip(tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64)))
+        return batches.skip(
+            tf.where(epoch == first_epoch, tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
+        )
 
     def one_hot(*batch):
         # As in make_dataset: a file split's positions are logged as decoded, then dropped.
@@ -329,7 +373,9 @@ def make_training_epochs(
             images, labels, batch_seed = batch
         return images, tf.one_hot(labels, num_classes, dtype=tf.float32), batch_seed
 
-    dataset = tf.data.Dataset.range(first_epoch, end_epoch).flat_map(one_epoch).map(one_hot, num_parallel_calls=autotune)
+    dataset = (
+        tf.data.Dataset.range(first_epoch, end_epoch).flat_map(one_epoch).map(one_hot, num_parallel_calls=autotune)
+    )
     from kerascv_app.augment.pipeline import augment_seeded_batches
     from kerascv_app.augment.spec import split_by_placement
 

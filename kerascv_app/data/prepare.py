@@ -57,7 +57,11 @@ def report_undecodable_files(run, prepared: PreparedData) -> list[str]:
     environment["skipped_while_training"] = failed
     run.write_json("environment.json", environment)
     named = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-    print(f"warning: skipped {len(failed)} image file(s) that could not be decoded: {named} (listed in {run.file('environment.json')})", file=sys.stderr)
+    print(
+        f"warning: skipped {len(failed)} image file(s) that could not be decoded: {named} (listed in "
+        f"{run.file('environment.json')})",
+        file=sys.stderr,
+    )
     return failed
 
 
@@ -77,7 +81,15 @@ def _data_config(prepared: PreparedData, config: Config):
 
 def training_datasets(prepared: PreparedData, config: Config):
     """The shuffled, augmented training set and the plain validation set."""
-    train = make_dataset(prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, training=True, seed=config.train.seed, split_name="train")
+    train = make_dataset(
+        prepared.splits.train,
+        prepared.num_classes,
+        _data_config(prepared, config),
+        config.augment,
+        training=True,
+        seed=config.train.seed,
+        split_name="train",
+    )
     validation = evaluation_dataset(prepared, config, "validation")
     return train, validation
 
@@ -87,7 +99,14 @@ def training_epochs(prepared: PreparedData, config: Config, first_epoch: int, en
     from kerascv_app.data.pipeline import make_training_epochs
 
     return make_training_epochs(
-        prepared.splits.train, prepared.num_classes, _data_config(prepared, config), config.augment, config.train.seed, first_epoch, end_epoch, skip_batches,
+        prepared.splits.train,
+        prepared.num_classes,
+        _data_config(prepared, config),
+        config.augment,
+        config.train.seed,
+        first_epoch,
+        end_epoch,
+        skip_batches,
     )
 
 
@@ -101,4 +120,6 @@ def evaluation_dataset(prepared: PreparedData, config: Config, split_name: str):
 
         arrays = split_arrays(split, config.data.image_size, config.data.channels, prepared.data.fingerprint)
         return ArrayBatches(arrays, prepared.num_classes, config.data.batch_size)
-    return make_dataset(split, prepared.num_classes, _data_config(prepared, config), training=False, split_name=split_name)
+    return make_dataset(
+        split, prepared.num_classes, _data_config(prepared, config), training=False, split_name=split_name
+    )

@@ -1,12 +1,12 @@
 """Data sources by name: ``kcv fit`` reads any of these from a recipe's ``data.source``.
 
-    digits            scikit-learn's bundled 8x8 digits (no download)
-    fashion_mnist     IDX files from --data-dir, /usr/share/datasets/fashion-mnist or the Keras cache
-    idx:DIR           any MNIST-format IDX files in DIR
-    cifar10, cifar100 the original python-format archive (or its extracted batches)
-    folder:PATH       a class-per-folder image tree, or a .tar/.tar.gz of one
-    tfds:NAME         a tensorflow-datasets dataset prepared in --data-dir
-    tfrecord:DIR      sharded TFRecords written by kcv convert (streamed, any size)
+digits            scikit-learn's bundled 8x8 digits (no download)
+fashion_mnist     IDX files from --data-dir, /usr/share/datasets/fashion-mnist or the Keras cache
+idx:DIR           any MNIST-format IDX files in DIR
+cifar10, cifar100 the original python-format archive (or its extracted batches)
+folder:PATH       a class-per-folder image tree, or a .tar/.tar.gz of one
+tfds:NAME         a tensorflow-datasets dataset prepared in --data-dir
+tfrecord:DIR      sharded TFRecords written by kcv convert (streamed, any size)
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def load_source(source: str, data_dir: str | Path | None = None) -> LoadedData:
 
         return load_tfrecord(_required_path(argument, data_dir, source))
     raise UserError(
-        f"data.source = {source!r} is unknown: use digits, fashion_mnist, idx:DIR, cifar10, cifar100, folder:PATH, tfds:NAME or tfrecord:DIR"
+        f"data.source = {source!r} is unknown: use digits, fashion_mnist, idx:DIR, cifar10, cifar100, folder:PATH, "
+        "tfds:NAME or tfrecord:DIR"
     )
 
 
@@ -120,7 +121,10 @@ def resolve_data_option(text: str, recipe_source: str = "") -> DetectedData:
         return DetectedData(text)
     path = Path(text).expanduser()
     if not path.exists():
-        raise UserError(f"--data {text}: no such file or folder (a source name is one of {', '.join(NAMED_SOURCES)}, or kind:ARGUMENT, e.g. folder:PATH)")
+        raise UserError(
+            f"--data {text}: no such file or folder (a source name is one of {', '.join(NAMED_SOURCES)}, or "
+            "kind:ARGUMENT, e.g. folder:PATH)"
+        )
     detected = detect_format(path.resolve())
     if detected.source.startswith("idx:") and recipe_source.partition(":")[0] == "fashion_mnist":
         return DetectedData("fashion_mnist:" + detected.source.partition(":")[2])
@@ -136,7 +140,9 @@ def detect_format(path: Path) -> DetectedData:
         return found[0][1]
     if found:
         names = "; ".join(f"{description} ({detected.source})" for description, detected in found)
-        raise UserError(f"{path} holds more than one dataset format: {names}; name the one you mean with --data kind:PATH")
+        raise UserError(
+            f"{path} holds more than one dataset format: {names}; name the one you mean with --data kind:PATH"
+        )
     listing = _short_listing(path)
     raise UserError(f"{path} holds no dataset kcv can read ({listing}); it needs one of: {'; '.join(FORMAT_NEEDS)}")
 
@@ -178,7 +184,10 @@ def _formats_in_folder(path: Path) -> list[tuple[str, DetectedData]]:
 
     found = []
     for kind, layout in LAYOUTS.items():
-        if any((folder / layout.meta).is_file() for folder in (path, path / layout.folder)) or (path / layout.archive).is_file():
+        if (
+            any((folder / layout.meta).is_file() for folder in (path, path / layout.folder))
+            or (path / layout.archive).is_file()
+        ):
             found.append((f"{kind} python batches", DetectedData(f"{kind}:{path}")))
     if any(path.glob(f"{SPLIT_FILES['train'][0]}*")):
         found.append(("IDX files", DetectedData(f"idx:{path}")))
@@ -193,13 +202,23 @@ def _formats_in_folder(path: Path) -> list[tuple[str, DetectedData]]:
 
 
 def _tfds_dataset(path: Path) -> DetectedData | None:
-    """NAME/VERSION/dataset_info.json or NAME/CONFIG/VERSION/... under a TFDS data folder (or the NAME folder itself)."""
-    infos = [info for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json") for info in path.glob(pattern)]
-    names = sorted({"/".join(info.relative_to(path).parts[:-2]) for info in infos if len(info.relative_to(path).parts) > 2})
+    """NAME/VERSION/dataset_info.json or NAME/CONFIG/VERSION/... under a TFDS data folder (or the NAME folder
+    itself)."""
+    infos = [
+        info
+        for pattern in ("*/dataset_info.json", "*/*/dataset_info.json", "*/*/*/dataset_info.json")
+        for info in path.glob(pattern)
+    ]
+    names = sorted(
+        {"/".join(info.relative_to(path).parts[:-2]) for info in infos if len(info.relative_to(path).parts) > 2}
+    )
     if len(names) == 1:
         return DetectedData(f"tfds:{names[0]}", path)
     if len(names) > 1:
-        raise UserError(f"{path} is a TFDS data folder with several datasets ({', '.join(names)}): name one with --data tfds:NAME --data-dir {path}")
+        raise UserError(
+            f"{path} is a TFDS data folder with several datasets ({', '.join(names)}): name one with --data "
+            f"tfds:NAME --data-dir {path}"
+        )
     if any(info.relative_to(path).parts[:-1] for info in infos):  # path is NAME/ itself: VERSION/dataset_info.json
         return DetectedData(f"tfds:{path.name}", path.parent)
     return None

@@ -62,11 +62,17 @@ def _stratified_split(split: ImageSplit, fraction: float, seed: int, what: str):
     indices = np.arange(len(split))
     counts = np.bincount(split.labels)
     # Stratify only when every class can appear on both sides.
-    stratify = split.labels if counts[counts > 0].min() >= 2 and round(fraction * len(split)) >= np.count_nonzero(counts) else None
+    stratify = (
+        split.labels
+        if counts[counts > 0].min() >= 2 and round(fraction * len(split)) >= np.count_nonzero(counts)
+        else None
+    )
     try:
         kept, held_out = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as error:
-        raise UserError(f"cannot hold out a {what} split of {fraction:.0%} from {len(split)} images: {error}")
+        raise UserError(
+            f"cannot hold out a {what} split of {fraction:.0%} from {len(split)} images: {error}"
+        ) from error
     return split.subset(np.sort(kept)), split.subset(np.sort(held_out))
 
 

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascv_app.data.base import SELECTION_BATCH_SIZE, ImageSplit, LoadedData, fingerprint_arrays, fingerprint_ids, select_by_position
+from kerascv_app.data.base import (
+    SELECTION_BATCH_SIZE,
+    ImageSplit,
+    LoadedData,
+    fingerprint_arrays,
+    fingerprint_ids,
+    select_by_position,
+)
 from kerascv_app.data.download import first_line
 from kerascv_app.errors import UserError
 
@@ -35,16 +42,20 @@ class TfdsSplit(ImageSplit):
 
     element_kind = "encoded"
 
-    def __init__(self, builder, split_name: str, image_key: str, labels: np.ndarray, positions: np.ndarray, split_size: int):
+    def __init__(
+        self, builder, split_name: str, image_key: str, labels: np.ndarray, positions: np.ndarray, split_size: int
+    ):
         super().__init__(labels, positions)
         self.builder = builder
         self.split_name = split_name
         self.image_key = image_key
         self.split_size = split_size
 
-    def subset(self, indices) -> "TfdsSplit":
+    def subset(self, indices) -> TfdsSplit:
         indices = np.sort(np.asarray(indices, dtype=np.int64), kind="stable")
-        return TfdsSplit(self.builder, self.split_name, self.image_key, self.labels[indices], self.ids[indices], self.split_size)
+        return TfdsSplit(
+            self.builder, self.split_name, self.image_key, self.labels[indices], self.ids[indices], self.split_size
+        )
 
     def to_dataset(self):
         images = _records(self.builder, self.split_name, self.image_key).map(lambda record: record[self.image_key])
@@ -59,8 +70,14 @@ def load_tfds(name: str, data_dir: Path | None) -> LoadedData:
     info = builder.info
     image_key, label_key = _feature_keys(info, name)
     if "train" not in info.splits:
-        raise UserError(f"tfds:{name} has no 'train' split (its splits are {sorted(info.splits)}): choose a dataset with one")
-    splits = {split: _read_split(builder, split, image_key, label_key) for split in ("train", "test", "validation") if split in info.splits}
+        raise UserError(
+            f"tfds:{name} has no 'train' split (its splits are {sorted(info.splits)}): choose a dataset with one"
+        )
+    splits = {
+        split: _read_split(builder, split, image_key, label_key)
+        for split in ("train", "test", "validation")
+        if split in info.splits
+    }
     class_names = list(info.features[label_key].names)
     return LoadedData(
         name=f"tfds:{name}",
@@ -68,7 +85,9 @@ def load_tfds(name: str, data_dir: Path | None) -> LoadedData:
         train=splits["train"],
         test=splits.get("test"),
         validation=splits.get("validation"),
-        fingerprint=fingerprint_ids([info.full_name], [fingerprint_arrays(*(split.labels for split in splits.values()))]),
+        fingerprint=fingerprint_ids(
+            [info.full_name], [fingerprint_arrays(*(split.labels for split in splits.values()))]
+        ),
     )
 
 
@@ -79,9 +98,14 @@ def _builder(name: str, data_dir: Path | None):
         # Datasets known to this tfds release, or prepared ones found in data_dir by name.
         return tfds.builder(name, data_dir=str(Path(data_dir).expanduser()) if data_dir else None)
     except tfds.core.registered.DatasetNotFoundError as error:
-        raise UserError(f"tfds:{name} is neither a tensorflow-datasets dataset nor prepared in {_where(data_dir)}: check the name (tfds.list_builders()) or pass --data-dir") from error
+        raise UserError(
+            f"tfds:{name} is neither a tensorflow-datasets dataset nor prepared in {_where(data_dir)}: check the "
+            "name (tfds.list_builders()) or pass --data-dir"
+        ) from error
     except (ValueError, ImportError) as error:
-        raise UserError(f"tfds:{name} cannot be opened ({first_line(error)}): check the name, its config and version") from error
+        raise UserError(
+            f"tfds:{name} cannot be opened ({first_line(error)}): check the name, its config and version"
+        ) from error
 
 
 def _prepare(builder, name: str, data_dir: Path | None) -> None:
@@ -91,11 +115,16 @@ def _prepare(builder, name: str, data_dir: Path | None) -> None:
         f"(or tfds.builder('{name}', data_dir='DIR').download_and_prepare()), copy DIR here and pass --data-dir DIR"
     )
     if not _online():
-        raise UserError(f"tfds:{name} is not prepared in {_where(data_dir)} and this machine cannot reach the internet to download it: {remedy}")
+        raise UserError(
+            f"tfds:{name} is not prepared in {_where(data_dir)} and this machine cannot reach the internet to "
+            f"download it: {remedy}"
+        )
     try:
         builder.download_and_prepare()
     except Exception as error:
-        raise UserError(f"preparing tfds:{name} in {_where(data_dir)} failed ({first_line(error)}): {remedy}") from error
+        raise UserError(
+            f"preparing tfds:{name} in {_where(data_dir)} failed ({first_line(error)}): {remedy}"
+        ) from error
 
 
 def _online() -> bool:
@@ -122,13 +151,20 @@ def _feature_keys(info, name: str) -> tuple[str, str]:
         return isinstance(features[key], tfds.features.ClassLabel)
 
     supervised = info.supervised_keys
-    supervised_are_names = isinstance(supervised, tuple) and len(supervised) == 2 and all(isinstance(key, str) and key in features for key in supervised)
+    supervised_are_names = (
+        isinstance(supervised, tuple)
+        and len(supervised) == 2
+        and all(isinstance(key, str) and key in features for key in supervised)
+    )
     if supervised_are_names and is_image(supervised[0]) and is_label(supervised[1]):
         return supervised
     image_keys = [key for key in features if is_image(key)]
     label_keys = [key for key in features if is_label(key)]
     if not image_keys or not label_keys:
-        raise UserError(f"tfds:{name} has no image feature and class label feature to train on (its features are {list(features)}): choose an image classification dataset")
+        raise UserError(
+            f"tfds:{name} has no image feature and class label feature to train on (its features are "
+            f"{list(features)}): choose an image classification dataset"
+        )
     return image_keys[0], label_keys[0]
 
 

@@ -1,9 +1,9 @@
 """``kcv ensemble``: from checked members to a complete ensemble directory.
 
-    member predictions (saved; --tta flip adds the mirrored images' predictions)
-      -> combiner fitted on validation, applied to validation and test
-      -> metrics of every member and of the ensemble
-      -> model.keras (members + combiner), records, predictions: one atomic directory
+member predictions (saved; --tta flip adds the mirrored images' predictions)
+  -> combiner fitted on validation, applied to validation and test
+  -> metrics of every member and of the ensemble
+  -> model.keras (members + combiner), records, predictions: one atomic directory
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from kerascv_app.ensemble.combiners import Combination, check_fittable, combine
 from kerascv_app.ensemble.directory import ENSEMBLE_FILE, check_destination, staged_directory
 from kerascv_app.ensemble.members import PREDICTION_FILES, Member
 from kerascv_app.errors import UserError
-from kerascv_app.evaluate.metrics import classification_metrics
+from kerascv_app.evaluate.metrics import classification_metrics, expected_calibration_error
 from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.runs import write_json_atomically
 
 SPLIT_NAMES = ("validation", "test")
-CALIBRATION_BINS = 15
 
 
 @dataclass
@@ -65,7 +64,8 @@ def build_ensemble(
         predictions = add_mirrored_predictions(members, member_models, predictions, data_dir)
     validation, test = predictions["validation"], predictions["test"]
     combination = combine(
-        method, meta_learner_name,
+        method,
+        meta_learner_name,
         None if validation is None else validation.member_probabilities,
         None if validation is None else validation.labels,
         test.member_probabilities,
@@ -105,7 +105,10 @@ def saved_split_predictions(members: list[Member], split_name: str) -> SplitPred
     for member, (probabilities, member_labels) in zip(members, saved):
         if not np.array_equal(member_labels, labels) or probabilities.shape != (len(labels), num_classes):
             file = member.run.predictions_dir / PREDICTION_FILES[split_name]
-            raise UserError(f"{file} does not hold the {split_name} images of {members[0].path} in the same order: evaluate or train {member.path} again")
+            raise UserError(
+                f"{file} does not hold the {split_name} images of {members[0].path} in the same order: evaluate or "
+                f"train {member.path} again"
+            )
     return SplitPredictions([probabilities for probabilities, _ in saved], labels)
 
 
@@ -126,12 +129,17 @@ def add_mirrored_predictions(members: list[Member], member_models: list, predict
         if split is None:
             averaged[split_name] = None
             continue
-        mirrored = evaluation_dataset(prepared, config, split_name).map(lambda images, labels: (tf.reverse(images, axis=[2]), labels))
+        mirrored = evaluation_dataset(prepared, config, split_name).map(
+            lambda images, labels: (tf.reverse(images, axis=[2]), labels)
+        )
         member_probabilities = []
         for member, model, original in zip(members, member_models, split.member_probabilities):
             flipped, labels = predict_probabilities(model, mirrored)
             if not np.array_equal(labels, split.labels):
-                raise UserError(f"the {split_name} images read now are not those {member.path} saved predictions for: pass the --data-dir it was trained with")
+                raise UserError(
+                    f"the {split_name} images read now are not those {member.path} saved predictions for: pass the "
+                    "--data-dir it was trained with"
+                )
             member_probabilities.append((original + flipped.astype(np.float64)) / 2)
         averaged[split_name] = SplitPredictions(member_probabilities, split.labels)
     return averaged
@@ -145,31 +153,24 @@ def _prepare_member_data(member: Member, data_dir):
     found = prepared.splits.record()
     for key in ("validation_fingerprint", "test_fingerprint"):
         if found[key] != member.splits.get(key):
-            raise UserError(f"the images found now differ from those {member.path} was trained on ({key}): pass the --data-dir it was trained with")
+            raise UserError(
+                f"the images found now differ from those {member.path} was trained on ({key}): pass the --data-dir "
+                "it was trained with"
+            )
     return config, prepared
 
 
 # Metrics
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    confidence = probabilities.max(axis=1)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    bin_index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    error = 0.0
-    for index in range(bins):
-        in_bin = bin_index == index
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
-
-
 def scored(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
     """classification_metrics plus the expected calibration error."""
     if len(labels) == 0:
         return {"count": 0}
-    return {**classification_metrics(probabilities, labels, class_names), "expected_calibration_error": expected_calibration_error(probabilities, labels)}
+    return {
+        **classification_metrics(probabilities, labels, class_names),
+        "expected_calibration_error": expected_calibration_error(probabilities, labels),
+    }
 
 
 #: How far each method's validation score can be trusted (saved in metrics.json).
@@ -182,18 +183,27 @@ VALIDATION_PREDICTIONS = {
 
 def ensemble_metrics(members: list[Member], combination: Combination, predictions: dict, tta: str | None) -> dict:
     class_names = members[0].class_names
-    ensemble_probabilities = {"validation": combination.validation_probabilities, "test": combination.test_probabilities}
+    ensemble_probabilities = {
+        "validation": combination.validation_probabilities,
+        "test": combination.test_probabilities,
+    }
     return {
         "method": combination.label,
         **({"requested": combination.requested, "fallback": combination.fallback} if combination.fallback else {}),
         "tta": tta,
-        **{split_name: _scored_split(predictions[split_name], ensemble_probabilities[split_name], class_names) for split_name in SPLIT_NAMES},
+        **{
+            split_name: _scored_split(predictions[split_name], ensemble_probabilities[split_name], class_names)
+            for split_name in SPLIT_NAMES
+        },
         "validation_predictions": VALIDATION_PREDICTIONS[combination.method],
         "members": [
             {
-                "name": member.name, "path": str(member.path.resolve()),
+                "name": member.name,
+                "path": str(member.path.resolve()),
                 **{
-                    split_name: _scored_split(split, None if split is None else split.member_probabilities[index], class_names)
+                    split_name: _scored_split(
+                        split, None if split is None else split.member_probabilities[index], class_names
+                    )
                     for split_name, split in predictions.items()
                 },
             }
@@ -211,7 +221,9 @@ def _scored_split(split: SplitPredictions | None, probabilities: np.ndarray | No
 # Writing
 
 
-def _write_model(staging: Path, members: list[Member], member_models: list, combination: Combination, tta: str | None, backend: str) -> None:
+def _write_model(
+    staging: Path, members: list[Member], member_models: list, combination: Combination, tta: str | None, backend: str
+) -> None:
     from kerascv_app.ensemble.model import build_ensemble_model
 
     reference = members[0].model_directory
@@ -219,7 +231,10 @@ def _write_model(staging: Path, members: list[Member], member_models: list, comb
     model.save(staging / "model.keras")
     precisions = {member.model_directory.precision for member in members}
     ModelDirectory(
-        path=staging, kind="ensemble", class_names=reference.class_names, image_size=reference.image_size,
+        path=staging,
+        kind="ensemble",
+        class_names=reference.class_names,
+        image_size=reference.image_size,
         channels=reference.channels,
         # Every layer keeps its dtype policy in the file, so members of mixed precisions
         # reload right under float32; a policy all members share is recorded as it is.
@@ -231,38 +246,60 @@ def _write_model(staging: Path, members: list[Member], member_models: list, comb
 def _write_predictions(staging: Path, combination: Combination, predictions: dict, class_names: list[str]) -> None:
     folder = staging / "predictions"
     folder.mkdir()
-    for split_name, probabilities in (("validation", combination.validation_probabilities), ("test", combination.test_probabilities)):
+    for split_name, probabilities in (
+        ("validation", combination.validation_probabilities),
+        ("test", combination.test_probabilities),
+    ):
         if probabilities is None:
             continue
         np.savez_compressed(
-            folder / PREDICTION_FILES[split_name], probabilities=probabilities.astype(np.float32),
-            labels=predictions[split_name].labels, class_names=np.array(class_names),
+            folder / PREDICTION_FILES[split_name],
+            probabilities=probabilities.astype(np.float32),
+            labels=predictions[split_name].labels,
+            class_names=np.array(class_names),
         )
 
 
-def _write_records(staging: Path, members: list[Member], combination: Combination, metrics: dict, tta, backend: str, data_dir) -> None:
+def _write_records(
+    staging: Path, members: list[Member], combination: Combination, metrics: dict, tta, backend: str, data_dir
+) -> None:
     reference = members[0]
     class_names = reference.class_names
     data_location = str(Path(data_dir).resolve()) if data_dir else reference.environment.get("data_dir")
-    write_json_atomically(staging / ENSEMBLE_FILE, {
-        **combination.record(len(class_names)),
-        "tta": tta,
-        "members": [member.record() for member in members],
-        "class_names": class_names,
-        "data_fingerprint": reference.environment.get("data_fingerprint"),
-        "splits": {key: reference.splits.get(key) for key in ("validation", "test", "validation_fingerprint", "test_fingerprint")},
-        "backend": backend,
-    })
+    write_json_atomically(
+        staging / ENSEMBLE_FILE,
+        {
+            **combination.record(len(class_names)),
+            "tta": tta,
+            "members": [member.record() for member in members],
+            "class_names": class_names,
+            "data_fingerprint": reference.environment.get("data_fingerprint"),
+            "splits": {
+                key: reference.splits.get(key)
+                for key in ("validation", "test", "validation_fingerprint", "test_fingerprint")
+            },
+            "backend": backend,
+        },
+    )
     write_json_atomically(staging / "metrics.json", metrics)
     # What kcv evaluate reads from a run: the data settings, where the data was, the splits.
     write_json_atomically(staging / "config.json", reference.config)
     write_json_atomically(staging / "splits.json", reference.splits)
-    write_json_atomically(staging / "environment.json", {
-        "backend": backend, "data_source": reference.environment.get("data_source"), "data_dir": data_location,
-        "data_fingerprint": reference.environment.get("data_fingerprint"), "class_names": class_names,
-        "members": [member.name for member in members], "python": sys.version.split()[0], "platform": platform.platform(),
-        "command": sys.argv, "versions": _versions(),
-    })
+    write_json_atomically(
+        staging / "environment.json",
+        {
+            "backend": backend,
+            "data_source": reference.environment.get("data_source"),
+            "data_dir": data_location,
+            "data_fingerprint": reference.environment.get("data_fingerprint"),
+            "class_names": class_names,
+            "members": [member.name for member in members],
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "command": sys.argv,
+            "versions": _versions(),
+        },
+    )
 
 
 def _versions() -> dict:
@@ -289,10 +326,16 @@ def comparison_table(metrics: dict):
     table = Table(title=f"{metrics['method']}{tta} ensemble and its members (validation {validation_kind})")
     for column in ("model", "val accuracy", "test accuracy", "test log-loss", "test ECE"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for name, record in [*((member["name"], member) for member in metrics["members"]), ("[bold]ensemble[/bold]", metrics)]:
+    for name, record in [
+        *((member["name"], member) for member in metrics["members"]),
+        ("[bold]ensemble[/bold]", metrics),
+    ]:
         table.add_row(
-            name, _number(record["validation"].get("accuracy")), _number(record["test"].get("accuracy")),
-            _number(record["test"].get("loss")), _number(record["test"].get("expected_calibration_error")),
+            name,
+            _number(record["validation"].get("accuracy")),
+            _number(record["test"].get("accuracy")),
+            _number(record["test"].get("loss")),
+            _number(record["test"].get("expected_calibration_error")),
         )
     return table
 

@@ -102,7 +102,8 @@ class Combination:
             kernel, bias = self.linear_parameters(num_classes)
             record["meta_learner_parameters"] = {
                 "inputs": f"log(max(p, {FEATURE_FLOOR:g})) of the member probabilities p, concatenated in member order",
-                "kernel": kernel.tolist(), "bias": bias.tolist(),
+                "kernel": kernel.tolist(),
+                "bias": bias.tolist(),
                 "outputs": "logits; probabilities = softmax(inputs @ kernel + bias)",
             }
         else:
@@ -120,7 +121,9 @@ def has_keras_form(meta_learner_name: str | None) -> bool:
     return meta_learner_name in (None, *LINEAR_META_LEARNERS)
 
 
-def choose_method(average: bool, weighted: bool, stacking: bool, meta_learner_name: str | None) -> tuple[str, str | None]:
+def choose_method(
+    average: bool, weighted: bool, stacking: bool, meta_learner_name: str | None
+) -> tuple[str, str | None]:
     """The one method the flags ask for, and the meta-learner (stacking only)."""
     chosen = [name for name, flag in zip(METHODS, (average, weighted, stacking)) if flag]
     if len(chosen) != 1:
@@ -156,18 +159,28 @@ def check_fittable(method: str, validation_labels: np.ndarray | None, num_classe
     if method == "average":
         return
     if validation_labels is None:
-        raise UserError(f"--{method} is fitted on validation predictions, but the members have no validation split (data.val_fraction = 0): use --average")
+        raise UserError(
+            f"--{method} is fitted on validation predictions, but the members have no validation split "
+            "(data.val_fraction = 0): use --average"
+        )
 
 
 def weighted_average(member_probabilities: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return np.tensordot(weights, np.stack(member_probabilities), axes=1)
 
 
-def _weighted_combination(method: str, weights: np.ndarray, validation, test, fallback: str | None = None, requested: str | None = None) -> Combination:
+def _weighted_combination(
+    method: str, weights: np.ndarray, validation, test, fallback: str | None = None, requested: str | None = None
+) -> Combination:
     return Combination(
-        method=method, meta_learner_name=None, weights=weights, meta_learner=None,
+        method=method,
+        meta_learner_name=None,
+        weights=weights,
+        meta_learner=None,
         validation_probabilities=None if validation is None else weighted_average(validation, weights),
-        test_probabilities=weighted_average(test, weights), fallback=fallback, requested=requested,
+        test_probabilities=weighted_average(test, weights),
+        fallback=fallback,
+        requested=requested,
     )
 
 
@@ -209,7 +222,13 @@ def make_meta_learner(name: str, folds=MAXIMUM_FOLDS):
 
     if name == "logistic":
         # l1_ratios=(0,): a plain L2 penalty (scikit-learn 1.10 requires saying so).
-        options = {"Cs": list(LOGISTIC_CS), "l1_ratios": (0.0,), "cv": folds, "scoring": "neg_log_loss", "max_iter": 5000}
+        options = {
+            "Cs": list(LOGISTIC_CS),
+            "l1_ratios": (0.0,),
+            "cv": folds,
+            "scoring": "neg_log_loss",
+            "max_iter": 5000,
+        }
         if "use_legacy_attributes" in LogisticRegressionCV().get_params():
             # scikit-learn 1.9's future attributes now, without its FutureWarning.
             options["use_legacy_attributes"] = False
@@ -217,7 +236,9 @@ def make_meta_learner(name: str, folds=MAXIMUM_FOLDS):
     if name == "ridge":
         # ensemble=False: one ridge fitted on all images and one temperature fitted on
         # cross-validated scores, so the result stays one linear layer.
-        return CalibratedClassifierCV(RidgeClassifierCV(alphas=list(RIDGE_ALPHAS)), method="temperature", cv=folds, ensemble=False)
+        return CalibratedClassifierCV(
+            RidgeClassifierCV(alphas=list(RIDGE_ALPHAS)), method="temperature", cv=folds, ensemble=False
+        )
     if name == "gbm":
         # Early stopping on a tenth of the images: without it, 100 rounds of 10-class
         # trees took 25 s on 600 validation images, to overfit them.
@@ -236,7 +257,8 @@ def chosen_regularisation(meta_learner) -> dict | None:
     if hasattr(meta_learner, "calibrated_classifiers_"):
         calibrated = meta_learner.calibrated_classifiers_[0]
         return {
-            "alpha": float(calibrated.estimator.alpha_), "candidates": [float(a) for a in RIDGE_ALPHAS],
+            "alpha": float(calibrated.estimator.alpha_),
+            "candidates": [float(a) for a in RIDGE_ALPHAS],
             "inverse_temperature": float(calibrated.calibrators[0].beta_),
         }
     return None
@@ -250,11 +272,14 @@ def _stacked_combination(meta_learner_name: str, validation, validation_labels, 
     counts = np.bincount(validation_labels, minlength=num_classes)
     if counts.min() < STACKING_MINIMUM_PER_CLASS:
         reason = (
-            f"the validation split has {counts.min()} image(s) of class index {int(counts.argmin())}; {requested} needs at least "
-            f"{STACKING_MINIMUM_PER_CLASS} of every class ({STACKING_MINIMUM_PER_CLASS * num_classes} images for {num_classes} classes, "
+            f"the validation split has {counts.min()} image(s) of class index {int(counts.argmin())}; {requested} "
+            f"needs at least {STACKING_MINIMUM_PER_CLASS} of every class "
+            f"({STACKING_MINIMUM_PER_CLASS * num_classes} images for {num_classes} classes, "
             "raise data.val_fraction): used the weighted average (--weighted) instead"
         )
-        return _weighted_combination("weighted", fit_weights(validation, validation_labels), validation, test, reason, requested)
+        return _weighted_combination(
+            "weighted", fit_weights(validation, validation_labels), validation, test, reason, requested
+        )
     features = stacking_features(validation)
     # The meta-learners are small problems (hundreds of features at most): BLAS and
     # OpenMP threads only add overhead, and on a busy machine a lot (measured: 35 s
@@ -268,16 +293,25 @@ def _stacked_combination(meta_learner_name: str, validation, validation_labels, 
     with threadpool_limits(limits=1):
         meta_learner, out_of_fold = _fit_meta_learner(meta_learner_name, features, validation_labels)
         weighted_out_of_fold = _weighted_out_of_fold(validation, validation_labels)
-    stacked_loss, weighted_loss = log_loss(out_of_fold, validation_labels), log_loss(weighted_out_of_fold, validation_labels)
+    stacked_loss, weighted_loss = (
+        log_loss(out_of_fold, validation_labels),
+        log_loss(weighted_out_of_fold, validation_labels),
+    )
     if stacked_loss > weighted_loss:
         reason = (
-            f"on these {len(validation_labels)} validation images {requested}'s out-of-fold log-loss {stacked_loss:.4f} is worse than the "
-            f"weighted average's {weighted_loss:.4f}: used the weighted average (--weighted) instead (more validation images"
+            f"on these {len(validation_labels)} validation images {requested}'s out-of-fold log-loss "
+            f"{stacked_loss:.4f} is worse than the weighted average's {weighted_loss:.4f}: used the weighted "
+            "average (--weighted) instead (more validation images"
             f"{', or --meta logistic,' if meta_learner_name != 'logistic' else ''} may let stacking earn its place)"
         )
-        return _weighted_combination("weighted", fit_weights(validation, validation_labels), validation, test, reason, requested)
+        return _weighted_combination(
+            "weighted", fit_weights(validation, validation_labels), validation, test, reason, requested
+        )
     return Combination(
-        method="stacking", meta_learner_name=meta_learner_name, weights=None, meta_learner=meta_learner,
+        method="stacking",
+        meta_learner_name=meta_learner_name,
+        weights=None,
+        meta_learner=meta_learner,
         validation_probabilities=out_of_fold,
         test_probabilities=meta_learner_probabilities(meta_learner, stacking_features(test)),
     )
@@ -307,7 +341,9 @@ def _fit_meta_learner(name: str, features: np.ndarray, labels: np.ndarray):
     meta_learner = make_meta_learner(name, folds)
     if name == "logistic":
         meta_learner.fit(features, labels)
-        chosen = LogisticRegression(C=float(np.atleast_1d(meta_learner.C_)[0]), l1_ratio=0.0, max_iter=meta_learner.max_iter)
+        chosen = LogisticRegression(
+            C=float(np.atleast_1d(meta_learner.C_)[0]), l1_ratio=0.0, max_iter=meta_learner.max_iter
+        )
         return meta_learner, cross_val_predict(chosen, features, labels, method="predict_proba", cv=folds)
     out_of_fold = cross_val_predict(clone(meta_learner), features, labels, method="predict_proba", cv=folds)
     return meta_learner.fit(features, labels), out_of_fold
@@ -318,7 +354,9 @@ def _weighted_out_of_fold(validation: list[np.ndarray], labels: np.ndarray) -> n
     scored = np.zeros_like(validation[0])
     for train_rows, held_out_rows in validation_folds().split(validation[0], labels):
         weights = fit_weights([probabilities[train_rows] for probabilities in validation], labels[train_rows])
-        scored[held_out_rows] = weighted_average([probabilities[held_out_rows] for probabilities in validation], weights)
+        scored[held_out_rows] = weighted_average(
+            [probabilities[held_out_rows] for probabilities in validation], weights
+        )
     return scored
 
 

@@ -40,7 +40,9 @@ def default_ensemble_path(label: str, ensembles_dir: Path = DEFAULT_ENSEMBLES_DI
         path = ensembles_dir / f"{label}-{stamp}{f'-{attempt}' if attempt else ''}"
         if not path.exists():
             return path
-    raise UserError(f"cannot name an ensemble directory in {ensembles_dir}: too many named {label}-{stamp}; pass --out DIR")
+    raise UserError(
+        f"cannot name an ensemble directory in {ensembles_dir}: too many named {label}-{stamp}; pass --out DIR"
+    )
 
 
 def check_destination(path: Path) -> None:
@@ -75,7 +77,8 @@ def refuse_ensemble_without_model(path: Path) -> None:
     if not (path / MODEL_INFO_FILE).is_file():
         raise UserError(
             f"{path} is an ensemble stacked with --meta gbm, which has no model.keras (gradient-boosted trees are not "
-            "Keras layers): its metrics are in metrics.json; use --meta logistic or ridge for a model to evaluate or export"
+            "Keras layers): its metrics are in metrics.json; use --meta logistic or ridge for a model to evaluate "
+            "or export"
         )
 
 
@@ -87,5 +90,8 @@ def open_ensemble_for_evaluation(path: Path) -> RunDirectory:
     """
     refuse_ensemble_without_model(path)
     if open_model_directory(path).kind != "ensemble":
-        raise UserError(f"{path / MODEL_INFO_FILE} does not describe an ensemble: this folder is damaged; build it again with kcv ensemble")
+        raise UserError(
+            f"{path / MODEL_INFO_FILE} does not describe an ensemble: this folder is damaged; build it again with "
+            "kcv ensemble"
+        )
     return RunDirectory(path)

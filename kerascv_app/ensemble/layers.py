@@ -1,7 +1,7 @@
 """The combiner's layers: small registered layers instead of Lambda, so that the
 ensemble's ``model.keras`` reloads with ``safe_mode=True`` on every backend.
 
-Imported by :func:`kerascv_app.model_dir.register_custom_objects` before any load.
+Imported by :func:`kerascv_app.custom_objects.register_custom_objects` before any load.
 """
 
 from __future__ import annotations

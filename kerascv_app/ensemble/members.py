@@ -56,7 +56,9 @@ class Member:
         path = self.run.predictions_dir / PREDICTION_FILES[split_name]
         if not path.is_file():
             if split_name == "test" or self.splits.get("validation", 0):
-                raise UserError(f"{path} is missing: {self.path} is incomplete; evaluate it again or train it again with kcv fit")
+                raise UserError(
+                    f"{path} is missing: {self.path} is incomplete; evaluate it again or train it again with kcv fit"
+                )
             return None
         try:
             with np.load(path) as saved:
@@ -65,18 +67,25 @@ class Member:
         # inside a member); garbage is refused as a pickle (ValueError): all one answer.
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise UserError(
-                f"{path} is corrupt or truncated ({type(error).__name__}: {_first_line(error)}): leave {self.path} out of the ensemble, "
-                "or train it again with kcv fit (it writes the predictions)"
-            )
+                f"{path} is corrupt or truncated ({type(error).__name__}: {_first_line(error)}): leave {self.path} "
+                "out of the ensemble, or train it again with kcv fit (it writes the predictions)"
+            ) from error
         if probabilities.ndim != 2 or labels.shape != (len(probabilities),):
-            raise UserError(f"{path} holds probabilities of shape {probabilities.shape} and labels of shape {labels.shape}, not (images, classes) and (images,): leave {self.path} out, or train it again with kcv fit")
+            raise UserError(
+                f"{path} holds probabilities of shape {probabilities.shape} and labels of shape {labels.shape}, not "
+                f"(images, classes) and (images,): leave {self.path} out, or train it again with kcv fit"
+            )
         return probabilities, labels
 
     def record(self) -> dict:
         """What ensemble.json says about this member."""
         return {
-            "name": self.name, "path": str(self.path.resolve()), "backend": self.model_directory.backend,
-            "precision": self.model_directory.precision, "recipe": self.config.get("name"), "model": self.config.get("model", {}).get("name"),
+            "name": self.name,
+            "path": str(self.path.resolve()),
+            "backend": self.model_directory.backend,
+            "precision": self.model_directory.precision,
+            "recipe": self.config.get("name"),
+            "model": self.config.get("model", {}).get("name"),
             "seed": self.config.get("train", {}).get("seed"),
         }
 
@@ -86,11 +95,15 @@ def open_member(path: str | Path) -> Member:
     run = RunDirectory.open(path)
     status = run.status()
     if status != "finished":
-        raise UserError(f"{run.path} is {status}, not finished: only finished runs can be ensemble members (see kcv runs)")
+        raise UserError(
+            f"{run.path} is {status}, not finished: only finished runs can be ensemble members (see kcv runs)"
+        )
     try:
         records = {name: run.read_json(f"{name}.json") for name in ("config", "environment", "splits")}
     except ValueError as error:
-        raise UserError(f"a record in {run.path} is corrupt ({error}): this run cannot be an ensemble member")
+        raise UserError(
+            f"a record in {run.path} is corrupt ({error}): this run cannot be an ensemble member"
+        ) from error
     return Member(run=run, model_directory=open_model_directory(run.path), **records)
 
 
@@ -98,19 +111,29 @@ def difference(member: Member, reference: Member) -> str | None:
     """What makes ``member`` unfit to be combined with ``reference``, or None."""
     if member.class_names != reference.class_names:
         return f"has classes {member.class_names} instead of {reference.class_names}"
-    fingerprint, reference_fingerprint = member.environment.get("data_fingerprint"), reference.environment.get("data_fingerprint")
+    fingerprint, reference_fingerprint = (
+        member.environment.get("data_fingerprint"),
+        reference.environment.get("data_fingerprint"),
+    )
     if fingerprint != reference_fingerprint:
-        return f"was trained on other data (data fingerprint {fingerprint} instead of {reference_fingerprint}{_settings_text(member, reference, ('source',))})"
+        return (
+            f"was trained on other data (data fingerprint {fingerprint} instead of "
+            f"{reference_fingerprint}{_settings_text(member, reference, ('source',))})"
+        )
     for split_name in ("validation", "test"):
         key = f"{split_name}_fingerprint"
         if member.splits.get(key) != reference.splits.get(key):
             return (
                 f"has another {split_name} split ({split_name} fingerprint {member.splits.get(key)} instead of "
-                f"{reference.splits.get(key)}{_settings_text(member, reference, SPLIT_SETTINGS)}): splits follow data.split_seed "
-                "and the data settings, which must be equal (the model, augmentation and training may differ)"
+                f"{reference.splits.get(key)}{_settings_text(member, reference, SPLIT_SETTINGS)}): splits follow "
+                "data.split_seed and the data settings, which must be equal (the model, augmentation and training "
+                "may differ)"
             )
     if member.input_shape != reference.input_shape:
-        return f"takes {_shape_text(member.input_shape)} images instead of {_shape_text(reference.input_shape)}: one ensemble model has one input"
+        return (
+            f"takes {_shape_text(member.input_shape)} images instead of {_shape_text(reference.input_shape)}: one "
+            "ensemble model has one input"
+        )
     return None
 
 
@@ -149,7 +172,10 @@ def members_from_runs_folder(runs_dir: str | Path) -> tuple[list[Member], list[t
         except (UserError, ValueError):
             continue
     if not candidates:
-        raise UserError(f"{runs_dir} holds no finished run: train members with kcv fit --runs-dir {runs_dir}, or name run directories")
+        raise UserError(
+            f"{runs_dir} holds no finished run: train members with kcv fit --runs-dir {runs_dir}, or name run "
+            "directories"
+        )
     # find_runs lists oldest first.
     newest = candidates[-1]
     members, skipped = [], []
@@ -171,7 +197,11 @@ def members_from_runs_folder(runs_dir: str | Path) -> tuple[list[Member], list[t
 def differing_settings(member: Member, reference: Member, keys: tuple[str, ...]) -> list[str]:
     """'data.KEY is A, not B' for each data setting in ``keys`` that differs."""
     data, reference_data = member.config.get("data", {}), reference.config.get("data", {})
-    return [f"data.{key} is {data.get(key)!r}, not {reference_data.get(key)!r}" for key in keys if data.get(key) != reference_data.get(key)]
+    return [
+        f"data.{key} is {data.get(key)!r}, not {reference_data.get(key)!r}"
+        for key in keys
+        if data.get(key) != reference_data.get(key)
+    ]
 
 
 def _settings_text(member: Member, reference: Member, keys: tuple[str, ...]) -> str:

@@ -21,7 +21,9 @@ import numpy as np
 from kerascv_app.ensemble.combiners import FEATURE_FLOOR, Combination
 
 
-def build_ensemble_model(member_models: list, combination: Combination, input_shape: tuple[int, int, int], num_classes: int, tta: str | None):
+def build_ensemble_model(
+    member_models: list, combination: Combination, input_shape: tuple[int, int, int], num_classes: int, tta: str | None
+):
     import keras
     from keras import layers
 
@@ -38,8 +40,12 @@ def build_ensemble_model(member_models: list, combination: Combination, input_sh
         member_model.name = f"member_{index}"
         probabilities = layers.Softmax(dtype="float32", name=f"member_{index}_probabilities")(member_model(images))
         if mirrored is not None:
-            mirrored_probabilities = layers.Softmax(dtype="float32", name=f"member_{index}_mirrored_probabilities")(member_model(mirrored))
-            probabilities = WeightedAverage([0.5, 0.5], dtype="float32", name=f"member_{index}_tta")([probabilities, mirrored_probabilities])
+            mirrored_probabilities = layers.Softmax(dtype="float32", name=f"member_{index}_mirrored_probabilities")(
+                member_model(mirrored)
+            )
+            probabilities = WeightedAverage([0.5, 0.5], dtype="float32", name=f"member_{index}_tta")(
+                [probabilities, mirrored_probabilities]
+            )
         member_probabilities.append(probabilities)
 
     if combination.weights is not None:
@@ -48,7 +54,9 @@ def build_ensemble_model(member_models: list, combination: Combination, input_sh
     else:
         probabilities = layers.Concatenate(axis=-1, dtype="float32", name="member_probabilities")(member_probabilities)
         # The meta-learner's features: log(max(p, floor)), as combiners.stacking_features.
-        features = ProbabilityLogits(floor=FEATURE_FLOOR, dtype="float32", name="member_log_probabilities")(probabilities)
+        features = ProbabilityLogits(floor=FEATURE_FLOOR, dtype="float32", name="member_log_probabilities")(
+            probabilities
+        )
         kernel, bias = combination.linear_parameters(num_classes)
         meta_learner = layers.Dense(num_classes, dtype="float32", trainable=False, name="logits")
         logits = meta_learner(features)

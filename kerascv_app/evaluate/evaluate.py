@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
+from kerascv_app import faults
 from kerascv_app.config import Config
 from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data
 from kerascv_app.errors import UserError
+from kerascv_app.evaluate.finite import require_finite_predictions
 from kerascv_app.evaluate.metrics import classification_metrics, confusion_matrix, predict_probabilities
 from kerascv_app.evaluate.plots import plot_confusion_matrix, plot_curves
 from kerascv_app.model_dir import open_model_directory
 from kerascv_app.runs import RunDirectory
 
-#: Fault injection for the tests: KCV_FAULT=evaluation fails a run after training, in the
-#: step that writes its predictions and metrics.
-FAULT_VARIABLE = "KCV_FAULT"
-
 
 def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: Config) -> dict:
     """Predicts validation and test splits, saves predictions, metrics.json and plots."""
-    if os.environ.get(FAULT_VARIABLE) == "evaluation":
-        raise RuntimeError("fault injected by KCV_FAULT=evaluation")
+    faults.maybe_fail("evaluation")
     run.predictions_dir.mkdir(exist_ok=True)
     metrics = {}
     for split_name, file_name in (("validation", "val"), ("test", "test")):
@@ -33,7 +29,14 @@ def write_evaluation(run: RunDirectory, model, prepared: PreparedData, config: C
             metrics[split_name] = {"count": 0}
             continue
         probabilities, labels = predict_probabilities(model, dataset)
-        np.savez_compressed(run.predictions_dir / f"{file_name}.npz", probabilities=probabilities, labels=labels, class_names=np.array(prepared.class_names))
+        # Before anything is written: NaN probabilities would report chance accuracy as the result.
+        require_finite_predictions(run, probabilities, f"{split_name} probabilities")
+        np.savez_compressed(
+            run.predictions_dir / f"{file_name}.npz",
+            probabilities=probabilities,
+            labels=labels,
+            class_names=np.array(prepared.class_names),
+        )
         metrics[split_name] = classification_metrics(probabilities, labels, prepared.class_names)
         if split_name == "test":
             matrix = confusion_matrix(probabilities, labels, prepared.num_classes)
@@ -78,7 +81,12 @@ def open_evaluated_directory(path: str | Path) -> RunDirectory:
     return run
 
 
-def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_time_augmentation: bool = False, source: str | None = None) -> dict:
+def evaluate_run(
+    run: RunDirectory,
+    data_dir: str | Path | None = None,
+    test_time_augmentation: bool = False,
+    source: str | None = None,
+) -> dict:
     """Recomputes the test metrics of a finished run from its saved model, optionally
     with test-time augmentation (flip and one-pixel shifts). ``source`` (kcv evaluate --data)
     reads the data from elsewhere; its test images must still be the run's."""
@@ -92,6 +100,11 @@ def evaluate_run(run: RunDirectory, data_dir: str | Path | None = None, test_tim
     prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))
     recorded = run.read_json("splits.json")
     if prepared.splits.record()["test_fingerprint"] != recorded["test_fingerprint"]:
-        raise UserError(f"the test images found now differ from those {run.path} was evaluated on: pass the --data-dir it was trained with")
-    probabilities, labels = predict_probabilities(model, evaluation_dataset(prepared, config, "test"), test_time_augmentation)
+        raise UserError(
+            f"the test images found now differ from those {run.path} "
+            "was evaluated on: pass the --data-dir it was trained with"
+        )
+    probabilities, labels = predict_probabilities(
+        model, evaluation_dataset(prepared, config, "test"), test_time_augmentation
+    )
     return classification_metrics(probabilities, labels, prepared.class_names)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Equal-width confidence bins of the expected calibration error and the report's reliability diagram.
+CALIBRATION_BINS = 15
+
 
 def predict_probabilities(model, dataset, test_time_augmentation: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Runs the model over a dataset of (images, one-hot labels): probabilities and labels.
@@ -58,3 +61,16 @@ def confusion_matrix(probabilities: np.ndarray, labels: np.ndarray, num_classes:
     from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
     return sklearn_confusion_matrix(labels, probabilities.argmax(axis=-1), labels=list(range(num_classes)))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    bin_index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    error = 0.0
+    for index in range(bins):
+        in_bin = bin_index == index
+        if in_bin.any():
+            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(error)

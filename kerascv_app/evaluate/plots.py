@@ -16,7 +16,9 @@ def _pyplot():
     return plt
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, title: str = "Test confusion matrix") -> None:
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: list[str], path: Path, title: str = "Test confusion matrix"
+) -> None:
     plt = _pyplot()
     size = max(4.0, 0.5 * len(class_names) + 2)
     figure, axes = plt.subplots(figsize=(size, size))

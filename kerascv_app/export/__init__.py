@@ -68,8 +68,3 @@ REPORT_FILE = "export_report.json"
 
 #: Largest difference allowed between the SavedModel's and the Keras model's probabilities.
 PARITY_TOLERANCE = 1e-4
-
-#: Fault injection for the tests: "perturb_weights" makes the SavedModel (or model.onnx) differ from the
-#: Keras model (the parity check must refuse it); "kill_before_rename" kills the export
-#: (SIGKILL, no clean-up) after the version was built and verified but before it is renamed.
-FAULT_VARIABLE = "KCV_EXPORT_FAULT"

@@ -20,21 +20,32 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 import kerascv_app
+from kerascv_app import faults
 from kerascv_app.errors import UserError
 from kerascv_app.export import (
-    BYTES_INPUT, FAULT_VARIABLE, FORMATS, IMAGES_INPUT, ONNX_FILE, ONNX_FOLDER, ONNX_INSTALL, ONNX_OUTPUT_NAMES, ONNX_VERIFIED_BATCH_SIZES,
-    OUTPUT_NAMES, PARITY_TOLERANCE, REPORT_FILE, SERVING_BYTES, SERVING_DEFAULT,
+    BYTES_INPUT,
+    FORMATS,
+    IMAGES_INPUT,
+    ONNX_FILE,
+    ONNX_FOLDER,
+    ONNX_INSTALL,
+    ONNX_OUTPUT_NAMES,
+    ONNX_VERIFIED_BATCH_SIZES,
+    OUTPUT_NAMES,
+    PARITY_TOLERANCE,
+    REPORT_FILE,
+    SERVING_BYTES,
+    SERVING_DEFAULT,
 )
 from kerascv_app.export.savedmodel import load_float32_model
 from kerascv_app.model_dir import ModelDirectory
@@ -71,9 +82,15 @@ def use_cpu_only() -> None:
 
 
 def export_model(
-    model_directory: ModelDirectory, base: str | Path, name: str | None = None, version: int | None = None, export_format: str = "savedmodel",
+    model_directory: ModelDirectory,
+    base: str | Path,
+    name: str | None = None,
+    version: int | None = None,
+    export_format: str = "savedmodel",
 ) -> ExportResult:
-    """Exports ``model_directory`` to ``<base>/<name>/<version>/`` (ONNX: ``<base>/onnx/<name>/<version>/``); the backend must be selected."""
+    """Exports ``model_directory`` to ``<base>/<name>/<version>/`` (ONNX: ``<base>/onnx/<name>/<version>/``);
+    the backend must be selected.
+    """
     steps = format_steps(export_format)
     name = name if name is not None else default_model_name(model_directory)
     check_model_name(name, export_format)
@@ -94,8 +111,7 @@ def export_model(
         steps.check(verification, model_directory, model_root)
         report = steps.report(model_directory, name, version, verification)
         write_json_atomically(staging / REPORT_FILE, report)
-        if os.environ.get(FAULT_VARIABLE) == "kill_before_rename":
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.maybe_kill_before_rename()
         version_folder = publish(staging, model_root / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -117,10 +133,22 @@ class FormatSteps:
 def format_steps(export_format: str) -> FormatSteps:
     """The steps of ``--format``, refused (with what is missing to install) before anything is written."""
     if export_format == "savedmodel":
-        return FormatSteps("SavedModel", "kerascv_app.export.savedmodel", "kerascv_app.export.verify", check_verification, export_report)
+        return FormatSteps(
+            "SavedModel",
+            "kerascv_app.export.savedmodel",
+            "kerascv_app.export.verify",
+            check_verification,
+            export_report,
+        )
     if export_format == "onnx":
         check_onnx_installed()
-        return FormatSteps("ONNX model", "kerascv_app.export.onnx_write", "kerascv_app.export.onnx_verify", check_onnx_verification, onnx_export_report)
+        return FormatSteps(
+            "ONNX model",
+            "kerascv_app.export.onnx_write",
+            "kerascv_app.export.onnx_verify",
+            check_onnx_verification,
+            onnx_export_report,
+        )
     raise UserError(f"--format {export_format!r} is not an export format: use one of {', '.join(FORMATS)}")
 
 
@@ -129,7 +157,10 @@ def check_onnx_installed() -> None:
 
     missing = [package for package in ("onnx", "onnxruntime", "tf2onnx") if not is_installed(package)]
     if missing:
-        raise UserError(f"kcv export --format onnx needs onnx, onnxruntime and tf2onnx, and {', '.join(missing)} is not installed: {ONNX_INSTALL}")
+        raise UserError(
+            "kcv export --format onnx needs onnx, onnxruntime and tf2onnx, "
+            f"and {', '.join(missing)} is not installed: {ONNX_INSTALL}"
+        )
 
 
 def model_folder(base: str | Path, name: str, export_format: str) -> Path:
@@ -147,9 +178,15 @@ def default_model_name(model_directory: ModelDirectory) -> str:
 
 def check_model_name(name: str, export_format: str = "savedmodel") -> None:
     if not MODEL_NAME.match(name):
-        raise UserError(f"--name {name!r} is not a model name TF Serving can use: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+        raise UserError(
+            f"--name {name!r} is not a model name TF Serving can use: use "
+            "letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
     if export_format == "savedmodel" and name == ONNX_FOLDER:
-        raise UserError(f"--name {ONNX_FOLDER!r} is where --base keeps the ONNX exports (<base>/{ONNX_FOLDER}/NAME/N): give the SavedModel another --name")
+        raise UserError(
+            f"--name {ONNX_FOLDER!r} is where --base keeps the ONNX exports "
+            f"(<base>/{ONNX_FOLDER}/NAME/N): give the SavedModel another --name"
+        )
 
 
 def published_versions(model_root: Path) -> set[int]:
@@ -166,9 +203,15 @@ def choose_version(model_root: Path, requested: int | None) -> int:
     if requested is None:
         return next_version
     if requested < 1:
-        raise UserError(f"--version {requested} is not a version TF Serving loads: give a positive integer, or omit it for {next_version}")
+        raise UserError(
+            f"--version {requested} is not a version TF Serving loads: "
+            f"give a positive integer, or omit it for {next_version}"
+        )
     if requested in existing:
-        raise UserError(f"version {requested} already exists in {model_root}: a published version is never overwritten; omit --version to publish {next_version}")
+        raise UserError(
+            f"version {requested} already exists in {model_root}: a published "
+            f"version is never overwritten; omit --version to publish {next_version}"
+        )
     return requested
 
 
@@ -200,9 +243,13 @@ def write_sample(model, model_directory: ModelDirectory, folder: Path) -> Path:
 def check_verification(verification: dict, model_directory: ModelDirectory, model_root: Path) -> None:
     refused = f"nothing was published in {model_root}"
     if verification["missing_signatures"]:
-        raise UserError(f"the SavedModel lacks the signatures {', '.join(verification['missing_signatures'])}: {refused}")
+        raise UserError(
+            f"the SavedModel lacks the signatures {', '.join(verification['missing_signatures'])}: {refused}"
+        )
     if verification["keras_imported"]:
-        raise UserError(f"the SavedModel was reloaded with keras present, so it was not checked as TF Serving loads it: {refused}")
+        raise UserError(
+            f"the SavedModel was reloaded with keras present, so it was not checked as TF Serving loads it: {refused}"
+        )
     if not all(verification["consistent_outputs"].values()):
         raise UserError(f"the SavedModel's class_id or class_name disagrees with its probabilities: {refused}")
     check_parity(verification, "the SavedModel's", refused)
@@ -212,7 +259,10 @@ def check_parity(verification: dict, what: str, refused: str) -> None:
     worst = max(verification["max_difference"].values())
     # Written so that NaN fails too.
     if not worst <= PARITY_TOLERANCE:
-        raise UserError(f"{what} probabilities differ from the Keras model's by {worst:.3g} on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}")
+        raise UserError(
+            f"{what} probabilities differ from the Keras model's by {worst:.3g} "
+            f"on a sample batch (at most {PARITY_TOLERANCE:g} allowed): {refused}"
+        )
 
 
 def export_report(model_directory: ModelDirectory, name: str, version: int, verification: dict) -> dict:
@@ -223,8 +273,14 @@ def export_report(model_directory: ModelDirectory, name: str, version: int, veri
     return {
         **_report_source(model_directory, name, version),
         "signatures": {
-            SERVING_DEFAULT: {"inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}}, "outputs": list(OUTPUT_NAMES)},
-            SERVING_BYTES: {"inputs": {BYTES_INPUT: {"dtype": "string", "shape": [None]}}, "outputs": list(OUTPUT_NAMES)},
+            SERVING_DEFAULT: {
+                "inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}},
+                "outputs": list(OUTPUT_NAMES),
+            },
+            SERVING_BYTES: {
+                "inputs": {BYTES_INPUT: {"dtype": "string", "shape": [None]}},
+                "outputs": list(OUTPUT_NAMES),
+            },
         },
         "parity": {
             "reference": f"the Keras model in float32 on the {keras.backend.backend()} backend, CPU",
@@ -234,7 +290,11 @@ def export_report(model_directory: ModelDirectory, name: str, version: int, veri
             "tolerance": PARITY_TOLERANCE,
             "reloaded_without_keras": not verification["keras_imported"],
         },
-        "versions": {"kerascv_app": kerascv_app.__version__, "keras": keras.__version__, "tensorflow": verification["tensorflow_version"]},
+        "versions": {
+            "kerascv_app": kerascv_app.__version__,
+            "keras": keras.__version__,
+            "tensorflow": verification["tensorflow_version"],
+        },
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
@@ -259,12 +319,25 @@ def check_onnx_verification(verification: dict, model_directory: ModelDirectory,
     refused = f"nothing was published in {model_root}"
     height, width = model_directory.image_size
     if verification["tensorflow_or_keras_imported"]:
-        raise UserError(f"model.onnx was reloaded with tensorflow or keras present, so it was not checked as onnxruntime alone loads it: {refused}")
-    if verification["class_names"] != list(model_directory.class_names) or verification["image_size"] != [height, width] or verification["channels"] != model_directory.channels:
-        raise UserError(f"model.onnx's metadata (class names, image size, channels) disagrees with {model_directory.path / 'model.json'}: {refused}")
+        raise UserError(
+            "model.onnx was reloaded with tensorflow or keras present, so "
+            f"it was not checked as onnxruntime alone loads it: {refused}"
+        )
+    if (
+        verification["class_names"] != list(model_directory.class_names)
+        or verification["image_size"] != [height, width]
+        or verification["channels"] != model_directory.channels
+    ):
+        raise UserError(
+            "model.onnx's metadata (class names, image size, channels) "
+            f"disagrees with {model_directory.path / 'model.json'}: {refused}"
+        )
     batch, *image_shape = verification["input_shape"]
     if isinstance(batch, int) or image_shape != [height, width, model_directory.channels]:
-        raise UserError(f"model.onnx takes images of shape {verification['input_shape']}, not [batch, {height}, {width}, {model_directory.channels}] with any batch: {refused}")
+        raise UserError(
+            f"model.onnx takes images of shape {verification['input_shape']}, not [batch, "
+            f"{height}, {width}, {model_directory.channels}] with any batch: {refused}"
+        )
     if not all(verification["consistent_outputs"].values()):
         raise UserError(f"model.onnx's class_id disagrees with its probabilities: {refused}")
     check_parity(verification, "model.onnx's", refused)
@@ -283,7 +356,10 @@ def onnx_export_report(model_directory: ModelDirectory, name: str, version: int,
         "format": "onnx",
         "file": ONNX_FILE,
         "inputs": {IMAGES_INPUT: {"dtype": "uint8", "shape": [None, height, width, channels]}},
-        "outputs": {ONNX_OUTPUT_NAMES[0]: {"dtype": "float32", "shape": [None, classes]}, ONNX_OUTPUT_NAMES[1]: {"dtype": "int64", "shape": [None]}},
+        "outputs": {
+            ONNX_OUTPUT_NAMES[0]: {"dtype": "float32", "shape": [None, classes]},
+            ONNX_OUTPUT_NAMES[1]: {"dtype": "int64", "shape": [None]},
+        },
         "metadata_props": verification["metadata"],
         "opset": verification["opset"],
         "parity": {
@@ -296,8 +372,12 @@ def onnx_export_report(model_directory: ModelDirectory, name: str, version: int,
             "reloaded_without_tensorflow_or_keras": not verification["tensorflow_or_keras_imported"],
         },
         "versions": {
-            "kerascv_app": kerascv_app.__version__, "keras": keras.__version__, "tensorflow": verification["metadata"].get("kcv_tensorflow_version"),
-            "tf2onnx": installed_version("tf2onnx"), "onnx": installed_version("onnx"), "onnxruntime": verification["onnxruntime_version"],
+            "kerascv_app": kerascv_app.__version__,
+            "keras": keras.__version__,
+            "tensorflow": verification["metadata"].get("kcv_tensorflow_version"),
+            "tf2onnx": installed_version("tf2onnx"),
+            "onnx": installed_version("onnx"),
+            "onnxruntime": verification["onnxruntime_version"],
         },
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -306,7 +386,10 @@ def onnx_export_report(model_directory: ModelDirectory, name: str, version: int,
 def publish(staging: Path, version_folder: Path) -> Path:
     """The one step TF Serving can see: a rename within the model folder."""
     if version_folder.exists():
-        raise UserError(f"{version_folder} appeared while exporting (another export?): it was left as it is; export again for the next version")
+        raise UserError(
+            f"{version_folder} appeared while exporting (another export?): "
+            "it was left as it is; export again for the next version"
+        )
     os.rename(staging, version_folder)
     return version_folder
 
@@ -315,7 +398,9 @@ def _create_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create {folder} ({error.strerror or error}): give a --base folder you can write to")
+        raise UserError(
+            f"cannot create {folder} ({error.strerror or error}): give a --base folder you can write to"
+        ) from error
 
 
 def _run_step(description: str, module: str, arguments: list) -> None:
@@ -327,7 +412,9 @@ def _run_step(description: str, module: str, arguments: list) -> None:
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
     }
-    result = subprocess.run([sys.executable, "-m", module, *map(str, arguments)], env=environment, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *map(str, arguments)], env=environment, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise UserError(f"{description} failed ({_reason(result)}): nothing was published")
 

@@ -14,7 +14,13 @@ import numpy as np
 
 from kerascv_app.errors import UserError
 from kerascv_app.export import (
-    IMAGES_INPUT, ONNX_CHANNELS_KEY, ONNX_CLASS_NAMES_KEY, ONNX_FILE, ONNX_IMAGE_SIZE_KEY, ONNX_INSTALL, ONNX_OUTPUT_NAMES,
+    IMAGES_INPUT,
+    ONNX_CHANNELS_KEY,
+    ONNX_CLASS_NAMES_KEY,
+    ONNX_FILE,
+    ONNX_IMAGE_SIZE_KEY,
+    ONNX_INSTALL,
+    ONNX_OUTPUT_NAMES,
 )
 
 
@@ -43,14 +49,19 @@ class OnnxClassifier:
         path = Path(path)
         onnxruntime = import_onnxruntime()
         if not path.is_file():
-            raise UserError(f"{path} does not exist: give a model.onnx written by kcv export --format onnx, or its version folder")
+            raise UserError(
+                f"{path} does not exist: give a model.onnx written by kcv export --format onnx, or its version folder"
+            )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core.
         options.log_severity_level = 3  # Errors only; a damaged file is reported below, in one line.
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...).
-            raise UserError(f"{path} cannot be loaded as an ONNX model ({type(error).__name__}: {_first_line(error)}): export it again with kcv export --format onnx")
+            raise UserError(
+                f"{path} cannot be loaded as an ONNX model ({type(error).__name__}: "
+                f"{_first_line(error)}): export it again with kcv export --format onnx"
+            ) from error
         self.path = path
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.class_names, self.image_size, self.channels = self._read_metadata()
@@ -71,9 +82,14 @@ class OnnxClassifier:
     def _check_signature(self) -> None:
         inputs = self.session.get_inputs()
         outputs = {output.name for output in self.session.get_outputs()}
-        if [value.name for value in inputs] != [IMAGES_INPUT] or inputs[0].type != "tensor(uint8)" or not set(ONNX_OUTPUT_NAMES) <= outputs:
+        if (
+            [value.name for value in inputs] != [IMAGES_INPUT]
+            or inputs[0].type != "tensor(uint8)"
+            or not set(ONNX_OUTPUT_NAMES) <= outputs
+        ):
             raise UserError(
-                f"{self.path} does not take uint8 {IMAGES_INPUT} and return {' and '.join(ONNX_OUTPUT_NAMES)}, as kcv export --format onnx writes: "
+                f"{self.path} does not take uint8 {IMAGES_INPUT} and return "
+                f"{' and '.join(ONNX_OUTPUT_NAMES)}, as kcv export --format onnx writes: "
                 "export it with kcv export --format onnx"
             )
 
@@ -84,7 +100,9 @@ class OnnxClassifier:
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``probabilities`` and ``class_id`` for a uint8 batch [batch, height, width, channels]."""
-        results = self.session.run(list(ONNX_OUTPUT_NAMES), {IMAGES_INPUT: np.ascontiguousarray(images, dtype=np.uint8)})
+        results = self.session.run(
+            list(ONNX_OUTPUT_NAMES), {IMAGES_INPUT: np.ascontiguousarray(images, dtype=np.uint8)}
+        )
         return dict(zip(ONNX_OUTPUT_NAMES, results))
 
 

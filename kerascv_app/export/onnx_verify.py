@@ -22,7 +22,9 @@ def block_tensorflow_and_keras() -> None:
     """Makes ``import tensorflow`` and ``import keras`` fail in this process."""
     imported = [name for name in BLOCKED_MODULES if sys.modules.get(name) is not None]
     if imported:
-        raise RuntimeError(f"{', '.join(imported)} imported before it could be blocked: this check must run in a fresh process")
+        raise RuntimeError(
+            f"{', '.join(imported)} imported before it could be blocked: this check must run in a fresh process"
+        )
     for name in BLOCKED_MODULES:
         sys.modules[name] = None
 
@@ -46,7 +48,9 @@ def verify_onnx_model(version_folder: Path, sample_path: Path) -> dict:
             consistent[str(batch_size)] = False
             continue
         max_difference[str(batch_size)] = float(np.abs(probabilities - reference[:batch_size]).max())
-        consistent[str(batch_size)] = bool(outputs["class_id"].dtype == np.int64 and np.array_equal(outputs["class_id"], probabilities.argmax(axis=-1)))
+        consistent[str(batch_size)] = bool(
+            outputs["class_id"].dtype == np.int64 and np.array_equal(outputs["class_id"], probabilities.argmax(axis=-1))
+        )
     return {
         "max_difference": max_difference,
         "consistent_outputs": consistent,
@@ -65,7 +69,11 @@ def _opsets(path: Path):
     """The model's opset imports, read with the onnx package (which imports neither TensorFlow nor Keras)."""
     import onnx
 
-    return [entry for entry in onnx.load(str(path), load_external_data=False).opset_import if entry.domain in ("", "ai.onnx")]
+    return [
+        entry
+        for entry in onnx.load(str(path), load_external_data=False).opset_import
+        if entry.domain in ("", "ai.onnx")
+    ]
 
 
 def main(arguments: list[str]) -> int:

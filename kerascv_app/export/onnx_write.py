@@ -16,13 +16,17 @@ so ``model.onnx`` alone is enough to predict.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import kerascv_app
+from kerascv_app import faults
 from kerascv_app.export import (
-    FAULT_VARIABLE, IMAGES_INPUT, ONNX_CHANNELS_KEY, ONNX_CLASS_NAMES_KEY, ONNX_FILE, ONNX_IMAGE_SIZE_KEY,
+    IMAGES_INPUT,
+    ONNX_CHANNELS_KEY,
+    ONNX_CLASS_NAMES_KEY,
+    ONNX_FILE,
+    ONNX_IMAGE_SIZE_KEY,
 )
 from kerascv_app.model_dir import ModelDirectory
 
@@ -76,9 +80,11 @@ def inline_captured_constants(model_proto, concrete_function) -> None:
     from onnx import numpy_helper
 
     captured_values = concrete_function.captured_inputs
-    placeholders = concrete_function.inputs[len(concrete_function.inputs) - len(captured_values):]
+    placeholders = concrete_function.inputs[len(concrete_function.inputs) - len(captured_values) :]
     constants = {
-        placeholder.name: value.numpy() for placeholder, value in zip(placeholders, captured_values) if value.dtype != tf.resource
+        placeholder.name: value.numpy()
+        for placeholder, value in zip(placeholders, captured_values)
+        if value.dtype != tf.resource
     }
     graph = model_proto.graph
     for graph_input in [item for item in graph.input if item.name in constants]:
@@ -104,7 +110,9 @@ def register_erfc() -> None:
             node.type = "Erf"
             dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
             one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-            complement = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_complement"))
+            complement = ctx.insert_new_node_on_output(
+                "Sub", node.output[0], name=utils.make_name(f"{node.name}_complement")
+            )
             ctx.replace_inputs(complement, [one.output[0], node.output[0]])
 
 
@@ -119,15 +127,18 @@ def name_batch_dimension(model_proto) -> None:
 def set_metadata(model_proto, model_directory: ModelDirectory, tensorflow_version: str) -> None:
     from onnx import helper
 
-    helper.set_model_props(model_proto, {
-        ONNX_CLASS_NAMES_KEY: json.dumps(list(model_directory.class_names)),
-        ONNX_IMAGE_SIZE_KEY: json.dumps(list(model_directory.image_size)),
-        ONNX_CHANNELS_KEY: str(model_directory.channels),
-        "kcv_source_kind": model_directory.kind,
-        "kcv_trained_backend": model_directory.backend,
-        "kcv_version": kerascv_app.__version__,
-        "kcv_tensorflow_version": tensorflow_version,
-    })
+    helper.set_model_props(
+        model_proto,
+        {
+            ONNX_CLASS_NAMES_KEY: json.dumps(list(model_directory.class_names)),
+            ONNX_IMAGE_SIZE_KEY: json.dumps(list(model_directory.image_size)),
+            ONNX_CHANNELS_KEY: str(model_directory.channels),
+            "kcv_source_kind": model_directory.kind,
+            "kcv_trained_backend": model_directory.backend,
+            "kcv_version": kerascv_app.__version__,
+            "kcv_tensorflow_version": tensorflow_version,
+        },
+    )
 
 
 def write_onnx_model(model_directory: ModelDirectory, destination: Path) -> None:
@@ -137,7 +148,7 @@ def write_onnx_model(model_directory: ModelDirectory, destination: Path) -> None
     from kerascv_app.export.savedmodel import _perturb_first_weight, load_float32_model
 
     model = load_float32_model(model_directory)
-    if os.environ.get(FAULT_VARIABLE) == "perturb_weights":
+    if faults.export_fault_is("perturb_weights"):
         _perturb_first_weight(model)
     model_proto = convert_to_onnx(model, model_directory)
     onnx.checker.check_model(model_proto)

@@ -44,7 +44,9 @@ def decode_with_pillow(encoded: bytes, image_size: tuple[int, int], channels: in
         with Image.open(io.BytesIO(encoded), formats=PILLOW_FORMATS) as image:
             if image.format == "JPEG" and mode == "L":
                 image.draft("L", image.size)  # The decoder's own luma, as libjpeg gives TensorFlow.
-            pixels = _luma(image) if mode == "L" and image.mode not in ("L", "LA", "1") else np.asarray(image.convert(mode))
+            pixels = (
+                _luma(image) if mode == "L" and image.mode not in ("L", "LA", "1") else np.asarray(image.convert(mode))
+            )
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UndecodableImage(str(error)) from error
     if pixels.ndim == 2:

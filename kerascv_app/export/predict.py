@@ -50,7 +50,10 @@ class Prediction:
     top_classes: list[tuple[str, float]]
 
     def to_json(self) -> dict:
-        return {"image": str(self.path), "predictions": [{"class_name": name, "probability": probability} for name, probability in self.top_classes]}
+        return {
+            "image": str(self.path),
+            "predictions": [{"class_name": name, "probability": probability} for name, probability in self.top_classes],
+        }
 
 
 @dataclass
@@ -107,9 +110,15 @@ class SavedModelClassifier:
         try:
             loaded = tf.saved_model.load(str(path))
         except Exception as error:  # A damaged SavedModel fails in many ways; report it in one line.
-            raise UserError(f"{path} cannot be loaded as a SavedModel ({type(error).__name__}: {_first_line(error)}): export it again with kcv export")
+            raise UserError(
+                f"{path} cannot be loaded as a SavedModel ({type(error).__name__}: "
+                f"{_first_line(error)}): export it again with kcv export"
+            ) from error
         if any(name not in loaded.signatures for name in SIGNATURE_NAMES) or not hasattr(loaded, "class_names_file"):
-            raise UserError(f"{path} was not written by kcv export (it lacks the {' and '.join(SIGNATURE_NAMES)} signatures or the class names): export it with kcv export")
+            raise UserError(
+                f"{path} was not written by kcv export (it lacks the {' and '.join(SIGNATURE_NAMES)} "
+                "signatures or the class names): export it with kcv export"
+            )
         self._loaded = loaded  # Keeps the variables alive while the signature is used.
         self._serve_bytes = loaded.signatures[SERVING_BYTES]
         self.class_names = read_class_names(loaded)
@@ -152,12 +161,16 @@ def open_classifier(path: str | Path) -> KerasClassifier | SavedModelClassifier 
     if is_onnx_model(path):
         return OnnxFileClassifier(onnx_model_path(path))
     if not path.is_dir():
-        raise UserError(f"{path} does not exist: give a run directory, an ensemble directory, an exported version folder (saved_models/NAME/N) or a model.onnx")
+        raise UserError(
+            f"{path} does not exist: give a run directory, an ensemble directory, "
+            "an exported version folder (saved_models/NAME/N) or a model.onnx"
+        )
     if (path / "saved_model.pb").is_file():
         return SavedModelClassifier(path)
     if not (path / MODEL_INFO_FILE).is_file():
         raise UserError(
-            f"{path} is not a run, ensemble or exported version folder (no {MODEL_INFO_FILE}, saved_model.pb or {ONNX_FILE}): "
+            f"{path} is not a run, ensemble or exported version folder "
+            f"(no {MODEL_INFO_FILE}, saved_model.pb or {ONNX_FILE}): "
             "give one made by kcv fit, kcv ensemble or kcv export"
         )
     return KerasClassifier(open_model_directory(path))
@@ -190,7 +203,7 @@ def predict_images(model_path: str | Path, image_paths: list[Path], top_k: int =
         else:
             readable.append(image)
     for start in range(0, len(readable), BATCH_SIZE):
-        batch = readable[start:start + BATCH_SIZE]
+        batch = readable[start : start + BATCH_SIZE]
         for image, probabilities in zip(batch, classifier.probabilities(batch)):
             report.predictions.append(Prediction(image.path, top_classes(probabilities, classifier.class_names, top_k)))
     return report
@@ -206,12 +219,18 @@ def prediction_table(predictions: list[Prediction]):
     from rich.table import Table
 
     table = Table(title="predictions")
-    table.add_column("image")
+    # fold: a long path wraps onto more lines rather than losing its file name to an ellipsis.
+    table.add_column("image", overflow="fold")
     table.add_column("class")
     table.add_column("probability", justify="right")
     for prediction in predictions:
         for rank, (name, probability) in enumerate(prediction.top_classes):
-            table.add_row(str(prediction.path) if rank == 0 else "", name, f"{probability:.4f}", end_section=rank == len(prediction.top_classes) - 1)
+            table.add_row(
+                str(prediction.path) if rank == 0 else "",
+                name,
+                f"{probability:.4f}",
+                end_section=rank == len(prediction.top_classes) - 1,
+            )
     return table
 
 

@@ -9,14 +9,18 @@ export needs torch_xla.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
+from kerascv_app import faults
 from kerascv_app.errors import UserError
 from kerascv_app.export import (
-    BYTES_INPUT, CLASS_NAMES_ASSET, FAULT_VARIABLE, IMAGES_INPUT, SERVING_BYTES, SERVING_DEFAULT,
+    BYTES_INPUT,
+    CLASS_NAMES_ASSET,
+    IMAGES_INPUT,
+    SERVING_BYTES,
+    SERVING_DEFAULT,
 )
 from kerascv_app.model_dir import ModelDirectory, open_model_directory
 
@@ -86,7 +90,9 @@ def load_float32_model(model_directory: ModelDirectory):
 def _with_float32_policies(value):
     """A copy of a serialized model in which every mixed dtype policy is float32."""
     if isinstance(value, dict):
-        if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name", "")).startswith("mixed_"):
+        if value.get("class_name") == "DTypePolicy" and str(value.get("config", {}).get("name", "")).startswith(
+            "mixed_"
+        ):
             return "float32"
         return {key: _with_float32_policies(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -99,7 +105,7 @@ def write_saved_model(model_directory: ModelDirectory, destination: Path) -> Non
     import tensorflow as tf
 
     model = load_float32_model(model_directory)
-    if os.environ.get(FAULT_VARIABLE) == "perturb_weights":
+    if faults.export_fault_is("perturb_weights"):
         _perturb_first_weight(model)
     with tempfile.TemporaryDirectory(prefix="kcv-export-") as work_folder:
         class_names_file = Path(work_folder) / CLASS_NAMES_ASSET

@@ -44,7 +44,9 @@ def verify_saved_model(saved_model_path: Path, sample_path: Path) -> dict:
     }
     return {
         "missing_signatures": [],
-        "max_difference": {name: float(np.abs(result["probabilities"].numpy() - reference).max()) for name, result in outputs.items()},
+        "max_difference": {
+            name: float(np.abs(result["probabilities"].numpy() - reference).max()) for name, result in outputs.items()
+        },
         "consistent_outputs": {name: outputs_are_consistent(result, class_names) for name, result in outputs.items()},
         "keras_imported": sys.modules.get("keras") is not None,
         "tensorflow_version": tf.__version__,
@@ -60,7 +62,9 @@ def outputs_are_consistent(result: dict, class_names: list[str]) -> bool:
     probabilities = result["probabilities"].numpy()
     class_id = result["class_id"].numpy()
     names = [name.decode() for name in result["class_name"].numpy()]
-    return bool(np.array_equal(class_id, probabilities.argmax(axis=-1)) and names == [class_names[index] for index in class_id])
+    return bool(
+        np.array_equal(class_id, probabilities.argmax(axis=-1)) and names == [class_names[index] for index in class_id]
+    )
 
 
 def main(arguments: list[str]) -> int:

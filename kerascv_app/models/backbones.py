@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from kerascv_app.config import Config
 from kerascv_app.errors import UserError
+from kerascv_app.model_dir import open_model_directory
+from kerascv_app.models.backbone_contract import BACKBONE_INPUT_NAME, BACKBONE_NAME, Backbone
+from kerascv_app.models.hub import PREPROCESS_LAYER, describe_hub_preprocessing, hub_backbone, resolve_hub_preset
+from kerascv_app.runs import STATUS_FILE, RunDirectory, find_runs
 
-BACKBONE_NAME = "backbone"
-BACKBONE_INPUT_NAME = "backbone_image"
 LATEST_PREFIX = "latest:"
 
 # keras.applications models and the preprocessing each expects: "built-in" where the
@@ -36,16 +37,23 @@ KERAS_APPLICATIONS = {
     **{f"EfficientNetV2{size}": BUILT_IN for size in ("B0", "B1", "B2", "B3", "S", "M", "L")},
     **{f"ConvNeXt{size}": BUILT_IN for size in ("Tiny", "Small", "Base", "Large", "XLarge")},
     **{name: "caffe" for name in ("ResNet50", "ResNet101", "ResNet152", "VGG16", "VGG19")},
-    **{name: "tf" for name in ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNet", "MobileNetV2", "Xception", "InceptionV3", "InceptionResNetV2", "NASNetMobile", "NASNetLarge")},
+    **{
+        name: "tf"
+        for name in (
+            "ResNet50V2",
+            "ResNet101V2",
+            "ResNet152V2",
+            "MobileNet",
+            "MobileNetV2",
+            "Xception",
+            "InceptionV3",
+            "InceptionResNetV2",
+            "NASNetMobile",
+            "NASNetLarge",
+        )
+    },
     **{name: "torch" for name in ("DenseNet121", "DenseNet169", "DenseNet201")},
 }
-
-
-@dataclass(frozen=True)
-class Backbone:
-    model: object  # keras.Model named "backbone": images in [0, 255] -> features
-    image_size: tuple[int, int]
-    channels: int
 
 
 def load_backbone(config: Config) -> Backbone:
@@ -54,8 +62,6 @@ def load_backbone(config: Config) -> Backbone:
     if kind == "run":
         return _run_backbone(config, Path(argument))
     if kind == "hub":
-        from kerascv_app.models.hub import hub_backbone
-
         return hub_backbone(config, argument)
     return _keras_application_backbone(config, argument)
 
@@ -68,9 +74,9 @@ def resolve_backbone(config: Config, runs_dir: str | Path) -> Config:
     """
     kind, _, argument = config.model.backbone.partition(":")
     if kind == "hub":
-        from kerascv_app.models.hub import resolve_hub_preset
-
-        return dataclasses.replace(config, model=dataclasses.replace(config.model, backbone=f"hub:{resolve_hub_preset(argument)}"))
+        return dataclasses.replace(
+            config, model=dataclasses.replace(config.model, backbone=f"hub:{resolve_hub_preset(argument)}")
+        )
     if kind != "run":
         return config
     if argument.startswith(LATEST_PREFIX):
@@ -81,11 +87,16 @@ def resolve_backbone(config: Config, runs_dir: str | Path) -> Config:
 
 
 def newest_finished_run(runs_dir: Path, recipe_name: str, reference: str) -> Path:
-    from kerascv_app.runs import find_runs
-
     if not runs_dir.is_dir():
-        raise UserError(f"model.backbone = {reference!r}: runs folder {runs_dir} does not exist: pass the --runs-dir that holds the {recipe_name} run")
-    finished = [run for run in find_runs(runs_dir) if run.status() == "finished" and run.status_record().get("recipe") == recipe_name]
+        raise UserError(
+            f"model.backbone = {reference!r}: runs folder {runs_dir} does "
+            f"not exist: pass the --runs-dir that holds the {recipe_name} run"
+        )
+    finished = [
+        run
+        for run in find_runs(runs_dir)
+        if run.status() == "finished" and run.status_record().get("recipe") == recipe_name
+    ]
     if not finished:
         raise UserError(
             f"model.backbone = {reference!r}: {runs_dir} holds no finished run of recipe {recipe_name}: "
@@ -108,15 +119,21 @@ def _run_backbone(config: Config, path: Path) -> Backbone:
     try:
         model = directory.load_model()
     except UserError as error:
-        raise UserError(f"{reference}: {error}")
+        raise UserError(f"{reference}: {error}") from error
     # load_model set the backbone's precision policy; the target trains under its own.
     backend_module.set_precision(config.train.precision)
     layer_names = [layer.name for layer in model.layers]
     if "normalize" not in layer_names:
-        raise UserError(f"{reference}: {directory.model_path} has no 'normalize' layer, so it was not built by kcv fit from scratch: use a run trained without a backbone")
+        raise UserError(
+            f"{reference}: {directory.model_path} has no 'normalize' layer, so it was "
+            "not built by kcv fit from scratch: use a run trained without a backbone"
+        )
     if config.model.feature_layer:
         if config.model.feature_layer not in layer_names:
-            raise UserError(f"model.feature_layer = {config.model.feature_layer!r} is not a layer of {directory.model_path}: use one of {', '.join(layer_names)}")
+            raise UserError(
+                f"model.feature_layer = {config.model.feature_layer!r} is not a layer "
+                f"of {directory.model_path}: use one of {', '.join(layer_names)}"
+            )
         features = model.get_layer(config.model.feature_layer).output
     else:
         features = _classifier_input(model, reference)
@@ -124,20 +141,26 @@ def _run_backbone(config: Config, path: Path) -> Backbone:
     try:
         cut = keras.Model(model.get_layer("normalize").input, features)
     except ValueError as error:
-        raise UserError(f"model.feature_layer = {config.model.feature_layer!r} does not follow the normalize layer of {directory.model_path} ({_first_line(error)}): name a later layer")
-    return Backbone(_standalone_copy(cut, (*directory.image_size, directory.channels)), tuple(directory.image_size), directory.channels)
+        raise UserError(
+            f"model.feature_layer = {config.model.feature_layer!r} does not follow the normalize "
+            f"layer of {directory.model_path} ({_first_line(error)}): name a later layer"
+        ) from error
+    return Backbone(
+        _standalone_copy(cut, (*directory.image_size, directory.channels)),
+        tuple(directory.image_size),
+        directory.channels,
+    )
 
 
 def _open_backbone_directory(path: Path, reference: str):
-    from kerascv_app.model_dir import open_model_directory
-    from kerascv_app.runs import STATUS_FILE, RunDirectory
-
     try:
         directory = open_model_directory(path)
     except UserError as error:
-        raise UserError(f"{reference}: {error}")
+        raise UserError(f"{reference}: {error}") from error
     if directory.kind != "run":
-        raise UserError(f"{reference}: {path} is an ensemble, which has no single feature layer: use one of its member runs")
+        raise UserError(
+            f"{reference}: {path} is an ensemble, which has no single feature layer: use one of its member runs"
+        )
     if (path / STATUS_FILE).is_file() and RunDirectory(path).status() != "finished":
         raise UserError(f"{reference}: {path} did not finish: resume it with kcv fit --resume {path} first")
     return directory
@@ -152,7 +175,10 @@ def _classifier_input(model, reference: str):
 
     dense_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     if not dense_layers:
-        raise UserError(f"{reference}: its model has no Dense classifier to cut off: name the feature layer with model.feature_layer")
+        raise UserError(
+            f"{reference}: its model has no Dense classifier to cut "
+            "off: name the feature layer with model.feature_layer"
+        )
     producers = {id(layer.output): layer for layer in model.layers}
     tensor = dense_layers[-1].input
     while isinstance(producers.get(id(tensor)), keras.layers.Dropout):
@@ -183,27 +209,44 @@ def _keras_application_backbone(config: Config, name: str) -> Backbone:
     from kerascv_app.models.layers import ImagenetPreprocessing
 
     if name not in KERAS_APPLICATIONS:
-        raise UserError(f"model.backbone = 'keras:{name}' is not a supported keras.applications model: use one of {', '.join(sorted(KERAS_APPLICATIONS))}")
+        raise UserError(
+            f"model.backbone = 'keras:{name}' is not a supported keras.applications "
+            f"model: use one of {', '.join(sorted(KERAS_APPLICATIONS))}"
+        )
     weights = config.model.backbone_weights
     if weights and weights != "imagenet" and not Path(weights).expanduser().is_file():
-        raise UserError(f"model.backbone_weights = {weights!r} does not exist: give the path of a .weights.h5 or .h5 file of keras:{name} without its top, or 'imagenet'")
+        raise UserError(
+            f"model.backbone_weights = {weights!r} does not exist: give the path of a "
+            f".weights.h5 or .h5 file of keras:{name} without its top, or 'imagenet'"
+        )
     image_size = tuple(config.data.image_size)
     inputs = keras.Input((*image_size, 3), name=BACKBONE_INPUT_NAME)
     mode = KERAS_APPLICATIONS[name]
     preprocessed = inputs if mode == BUILT_IN else ImagenetPreprocessing(mode, name="preprocess")(inputs)
     constructor = getattr(keras.applications, name)
     try:
-        application = constructor(include_top=False, weights="imagenet" if weights == "imagenet" else None, input_tensor=preprocessed, name=BACKBONE_NAME)
+        application = constructor(
+            include_top=False,
+            weights="imagenet" if weights == "imagenet" else None,
+            input_tensor=preprocessed,
+            name=BACKBONE_NAME,
+        )
     except Exception as error:  # Keras raises plain Exception for downloads and ValueError for shapes.
         if weights == "imagenet" and "URL fetch failure" in str(error):
-            raise UserError(_offline_message(name, error))
-        raise UserError(f"model.backbone = 'keras:{name}' cannot be built for data.image_size {image_size} ({type(error).__name__}: {error}): change data.image_size")
+            raise UserError(_offline_message(name, error)) from error
+        raise UserError(
+            f"model.backbone = 'keras:{name}' cannot be built for data.image_size "
+            f"{image_size} ({type(error).__name__}: {error}): change data.image_size"
+        ) from error
     if weights and weights != "imagenet":
         _load_weights_file(application, name, Path(weights).expanduser())
     if config.model.feature_layer:
         layer_names = [layer.name for layer in application.layers]
         if config.model.feature_layer not in layer_names:
-            raise UserError(f"model.feature_layer = {config.model.feature_layer!r} is not a layer of keras:{name}: use one of {', '.join(layer_names)}")
+            raise UserError(
+                f"model.feature_layer = {config.model.feature_layer!r} is not "
+                f"a layer of keras:{name}: use one of {', '.join(layer_names)}"
+            )
         application = keras.Model(inputs, application.get_layer(config.model.feature_layer).output, name=BACKBONE_NAME)
     return Backbone(application, image_size, 3)
 
@@ -217,7 +260,9 @@ def _load_weights_file(application, name: str, path: Path) -> None:
         warnings.simplefilter("always")
         try:
             application.load_weights(str(path))
-            problem = next((str(warning.message) for warning in caught if "freshly-initialized" in str(warning.message)), "")
+            problem = next(
+                (str(warning.message) for warning in caught if "freshly-initialized" in str(warning.message)), ""
+            )
         except Exception as error:  # Wrong files fail in many ways (shapes, layer counts, formats).
             problem = f"{type(error).__name__}: {_first_line(error)}"
     if problem:
@@ -234,7 +279,8 @@ def _offline_message(name: str, error: Exception) -> str:
     file_name = url.rsplit("/", 1)[-1] if match else "its weights file"
     return (
         f"model.backbone_weights = 'imagenet': the ImageNet weights of keras:{name} cannot be downloaded (offline?): "
-        f"download {url} elsewhere and put it at {keras_cache_dir() / file_name}, or pass model.backbone_weights=PATH_TO_THE_FILE"
+        f"download {url} elsewhere and put it at {keras_cache_dir() / file_name}, "
+        "or pass model.backbone_weights=PATH_TO_THE_FILE"
     )
 
 
@@ -257,7 +303,6 @@ def describe_preprocessing(backbone) -> str:
     """In words, the preprocessing a backbone model applies to its [0, 255] input."""
     import keras
 
-    from kerascv_app.models.hub import PREPROCESS_LAYER, describe_hub_preprocessing
     from kerascv_app.models.layers import ImagenetPreprocessing
 
     for layer in backbone.layers:

@@ -23,8 +23,14 @@ import keras
 
 # Layers whose kernels make a block: a piece of the graph without one is not a block of its own.
 BLOCK_LAYER_TYPES = (
-    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv2DTranspose,
-    keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Dense, keras.layers.EinsumDense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+    keras.layers.EinsumDense,
 )
 
 

@@ -86,7 +86,13 @@ def _build_model(config: Config, num_classes: int):
         from kerascv_app.augment.layer import Augmentation
 
         # float32 whatever the precision policy: pixel arithmetic in [0, 255].
-        x = Augmentation([operation.to_json() for operation in device_ops], seed=config.train.seed, channels=config.data.channels, dtype="float32", name="augment")(x)
+        x = Augmentation(
+            [operation.to_json() for operation in device_ops],
+            seed=config.train.seed,
+            channels=config.data.channels,
+            dtype="float32",
+            name="augment",
+        )(x)
     if config.model.backbone:
         from kerascv_app.models.transfer import transfer_head
 

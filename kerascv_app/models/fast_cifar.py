@@ -69,11 +69,15 @@ def identity_convolution(x, filters: int, name: str):
 
     from kerascv_app.models.identity_init import IdentityConvolution
 
-    return layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=IdentityConvolution(), name=name)(x)
+    return layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer=IdentityConvolution(), name=name
+    )(x)
 
 
 def batch_norm(x, name: str):
     from keras import layers
 
     # scale=False: airbench keeps the BatchNorm weight at 1 (not trained); the bias trains.
-    return layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, scale=False, name=name)(x)
+    return layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, scale=False, name=name)(
+        x
+    )

@@ -27,19 +27,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from kerascv_app.errors import UserError
+from kerascv_app.models.backbone_contract import BACKBONE_INPUT_NAME, BACKBONE_NAME, Backbone
 
 HUB_PREFIX = "hub:"
 PREPROCESS_LAYER = "hub_preprocess"
 INSTALL_COMMAND = 'pip install -e ".[hub]"'
 #: Shown when a name is not a preset: a few image-classification presets KerasHub knows.
-EXAMPLE_PRESETS = ("resnet_18_imagenet", "efficientnet_b0_ra_imagenet", "mobilenet_v3_small_100_imagenet", "vit_base_patch16_224_imagenet", "dinov2_small")
+EXAMPLE_PRESETS = (
+    "resnet_18_imagenet",
+    "efficientnet_b0_ra_imagenet",
+    "mobilenet_v3_small_100_imagenet",
+    "vit_base_patch16_224_imagenet",
+    "dinov2_small",
+)
 
 
 def is_local_preset(argument: str) -> bool:
     """Whether ``hub:ARGUMENT`` names a folder rather than a preset KerasHub downloads."""
     if "://" in argument:
         return False
-    return argument.startswith((".", "/", "~")) or "/" in argument or "\\" in argument or Path(argument).expanduser().is_dir()
+    return (
+        argument.startswith((".", "/", "~"))
+        or "/" in argument
+        or "\\" in argument
+        or Path(argument).expanduser().is_dir()
+    )
 
 
 def resolve_hub_preset(argument: str) -> str:
@@ -50,16 +62,14 @@ def resolve_hub_preset(argument: str) -> str:
 def import_keras_hub(reference: str):
     try:
         import keras_hub
-    except ImportError:
-        raise UserError(f"{reference} needs KerasHub, which is not installed: run {INSTALL_COMMAND}")
+    except ImportError as error:
+        raise UserError(f"{reference} needs KerasHub, which is not installed: run {INSTALL_COMMAND}") from error
     return keras_hub
 
 
 def hub_backbone(config, preset: str):
     """The preset's backbone with its image converter's scaling in front, as a ``Backbone``."""
     import keras
-
-    from kerascv_app.models.backbones import BACKBONE_INPUT_NAME, BACKBONE_NAME, Backbone
 
     reference = f"model.backbone = {config.model.backbone!r}"
     keras_hub = import_keras_hub(reference)
@@ -69,16 +79,24 @@ def hub_backbone(config, preset: str):
     converter = _load_image_converter(keras_hub, preset, reference)
     channels = int(source.inputs[0].shape[-1])
     image_size = _input_size(source, converter, config)
-    scale, offset = _per_channel(converter.scale, channels, "scale", reference), _per_channel(converter.offset, channels, "offset", reference)
+    scale, offset = (
+        _per_channel(converter.scale, channels, "scale", reference),
+        _per_channel(converter.offset, channels, "offset", reference),
+    )
     if scale is None and offset is None:
         preprocess = None
     else:
-        preprocess = keras.layers.Rescaling(scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset, name=PREPROCESS_LAYER)
+        preprocess = keras.layers.Rescaling(
+            scale=1.0 if scale is None else scale, offset=0.0 if offset is None else offset, name=PREPROCESS_LAYER
+        )
     model = _with_preprocessing(source, preprocess, keras.Input((*image_size, channels), name=BACKBONE_INPUT_NAME))
     if config.model.feature_layer:
         layer_names = [layer.name for layer in model.layers]
         if config.model.feature_layer not in layer_names:
-            raise UserError(f"model.feature_layer = {config.model.feature_layer!r} is not a layer of {preset}: use one of {', '.join(layer_names)}")
+            raise UserError(
+                f"model.feature_layer = {config.model.feature_layer!r} is not "
+                f"a layer of {preset}: use one of {', '.join(layer_names)}"
+            )
         features = model.get_layer(config.model.feature_layer).output
     else:
         features = model.outputs[0]
@@ -87,16 +105,22 @@ def hub_backbone(config, preset: str):
 
 def _check_preset_folder(folder: Path, reference: str) -> None:
     if not folder.is_dir():
-        raise UserError(f"{reference}: folder {folder} does not exist: give a folder written by save_to_preset, or a preset name such as {EXAMPLE_PRESETS[0]}")
+        raise UserError(
+            f"{reference}: folder {folder} does not exist: give a folder written "
+            f"by save_to_preset, or a preset name such as {EXAMPLE_PRESETS[0]}"
+        )
     if not (folder / "config.json").is_file():
-        raise UserError(f"{reference}: {folder} is not a KerasHub preset (it has no config.json): give a folder written by save_to_preset (or a copy of a downloaded preset)")
+        raise UserError(
+            f"{reference}: {folder} is not a KerasHub preset (it has no config.json): "
+            "give a folder written by save_to_preset (or a copy of a downloaded preset)"
+        )
 
 
 def _load_preset_backbone(keras_hub, preset: str, reference: str):
     try:
         return keras_hub.models.Backbone.from_preset(preset)
     except Exception as error:  # KerasHub raises ValueError, ConnectionError, HTTP and file errors.
-        raise UserError(_preset_failure(keras_hub, preset, reference, error))
+        raise UserError(_preset_failure(keras_hub, preset, reference, error)) from error
 
 
 def _preset_failure(keras_hub, preset: str, reference: str, error: Exception) -> str:
@@ -104,23 +128,32 @@ def _preset_failure(keras_hub, preset: str, reference: str, error: Exception) ->
     if "Unknown preset identifier" in str(error):
         return (
             f"{reference}: {preset!r} is neither a KerasHub preset nor a folder: use a preset name "
-            f"({', '.join(EXAMPLE_PRESETS)}; all: keras_hub.models.Backbone.presets), a kaggle:// or hf:// handle, or a folder written by save_to_preset"
+            f"({', '.join(EXAMPLE_PRESETS)}; all: keras_hub.models.Backbone.presets), "
+            "a kaggle:// or hf:// handle, or a folder written by save_to_preset"
         )
     if not is_local_preset(preset) and _looks_offline(error):
         return (
-            f"{reference}: KerasHub cannot download preset {preset!r} (offline? {type(error).__name__}); it looks in its caches first "
-            f"({_kagglehub_cache()} for built-in and kaggle:// presets, {_huggingface_cache()} for hf://): on a machine that is online, "
-            f"run keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(FOLDER) (with its image converter: ImageClassifier), copy FOLDER here "
+            f"{reference}: KerasHub cannot download preset {preset!r} "
+            f"(offline? {type(error).__name__}); it looks in its caches first "
+            f"({_kagglehub_cache()} for built-in and kaggle:// presets, "
+            f"{_huggingface_cache()} for hf://): on a machine that is online, "
+            f"run keras_hub.models.Backbone.from_preset({preset!r}).save_to_preset(FOLDER) "
+            "(with its image converter: ImageClassifier), copy FOLDER here "
             "and pass model.backbone=hub:/path/to/FOLDER"
         )
-    return f"{reference}: the preset cannot be loaded as a KerasHub backbone ({text}): give a preset of an image backbone"
+    return (
+        f"{reference}: the preset cannot be loaded as a KerasHub backbone ({text}): give a preset of an image backbone"
+    )
 
 
 def _looks_offline(error: Exception) -> bool:
     names = {type(cause).__name__ for cause in _causes(error)}
     text = str(error)
-    return bool(names & {"ConnectionError", "NameResolutionError", "MaxRetryError", "gaierror", "Timeout", "ConnectTimeout"}) or any(
-        marker in text for marker in ("Name or service not known", "Failed to resolve", "Max retries exceeded", "has no config.json")
+    return bool(
+        names & {"ConnectionError", "NameResolutionError", "MaxRetryError", "gaierror", "Timeout", "ConnectTimeout"}
+    ) or any(
+        marker in text
+        for marker in ("Name or service not known", "Failed to resolve", "Max retries exceeded", "has no config.json")
     )
 
 
@@ -144,7 +177,9 @@ def _kagglehub_cache() -> str:
 def _huggingface_cache() -> str:
     import os
 
-    return os.environ.get("HF_HUB_CACHE") or str(Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+    return os.environ.get("HF_HUB_CACHE") or str(
+        Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    )
 
 
 def _load_image_converter(keras_hub, preset: str, reference: str):
@@ -153,8 +188,9 @@ def _load_image_converter(keras_hub, preset: str, reference: str):
     except Exception as error:  # A backbone-only preset has no image_converter.json.
         raise UserError(
             f"{reference}: the preset has no image converter, so the preprocessing its weights expect is unknown "
-            f"({type(error).__name__}: {_first_line(error)}): save the preset from its ImageClassifier (task.save_to_preset), which writes image_converter.json"
-        )
+            f"({type(error).__name__}: {_first_line(error)}): save the preset from its "
+            "ImageClassifier (task.save_to_preset), which writes image_converter.json"
+        ) from error
 
 
 def _input_size(source, converter, config) -> tuple[int, int]:
@@ -178,7 +214,8 @@ def _per_channel(value, channels: int, name: str, reference: str):
         return float(values[0])
     if values.size != channels:
         raise UserError(
-            f"{reference}: the preset's image converter has {values.size} {name} values but its backbone takes {channels} channel(s): "
+            f"{reference}: the preset's image converter has {values.size} "
+            f"{name} values but its backbone takes {channels} channel(s): "
             "the preset is inconsistent; save it again with a converter made for this backbone"
         )
     return [float(item) for item in values]
@@ -197,7 +234,9 @@ def _with_preprocessing(source, preprocess, new_input):
 
     def call_with_preprocessing(layer, *args, **kwargs):
         if preprocess is not None:
-            args = keras.tree.map_structure(lambda tensor: _preprocessed(tensor) if tensor is new_input else tensor, args)
+            args = keras.tree.map_structure(
+                lambda tensor: _preprocessed(tensor) if tensor is new_input else tensor, args
+            )
         return layer(*args, **kwargs)
 
     def _preprocessed(tensor):
@@ -208,7 +247,9 @@ def _with_preprocessing(source, preprocess, new_input):
     if not all(_rebuilds_from_config(layer) for layer in source.layers):
         features = source(_preprocessed(new_input) if preprocess is not None else new_input)
         return keras.Model(new_input, features, name="hub_backbone")
-    clone = keras.models.clone_model(source, input_tensors=new_input, clone_function=lambda layer: layer, call_function=call_with_preprocessing)
+    clone = keras.models.clone_model(
+        source, input_tensors=new_input, clone_function=lambda layer: layer, call_function=call_with_preprocessing
+    )
     return keras.Model(new_input, clone.outputs[0], name="hub_backbone")
 
 
@@ -229,17 +270,6 @@ def _numbers(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(f"{item:.6g}" for item in value) + "]"
     return f"{value:.6g}"
-
-
-def model_file_needs_keras_hub(model_path: Path) -> bool:
-    """Whether a .keras file names KerasHub's registered classes (a ViT encoder, say)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(model_path) as archive:
-            return b"keras_hub>" in archive.read("config.json")
-    except (OSError, KeyError, zipfile.BadZipFile):
-        return False
 
 
 def _first_line(error: Exception) -> str:

@@ -36,4 +36,3 @@ class IdentityConvolution(keras.initializers.Initializer):
 
     def get_config(self):
         return {"seed": self.seed}
-

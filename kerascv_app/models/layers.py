@@ -1,7 +1,7 @@
 """Registered layers of transfer models, so that their ``model.keras`` reloads with
 ``safe_mode=True`` on every backend (a Lambda layer would not).
 
-Imported by :func:`kerascv_app.model_dir.register_custom_objects` before any load.
+Imported by :func:`kerascv_app.custom_objects.register_custom_objects` before any load.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class ImagenetPreprocessing(keras.layers.Layer):
         if self.mode == "tf":
             return images / 127.5 - 1.0
         if self.mode == "torch":
-            return (images / 255.0 - ops.convert_to_tensor(TORCH_MEAN, self.compute_dtype)) / ops.convert_to_tensor(TORCH_STD, self.compute_dtype)
+            return (images / 255.0 - ops.convert_to_tensor(TORCH_MEAN, self.compute_dtype)) / ops.convert_to_tensor(
+                TORCH_STD, self.compute_dtype
+            )
         return ops.flip(images, axis=-1) - ops.convert_to_tensor(CAFFE_BGR_MEAN, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -1,8 +1,13 @@
-"""Models by name: ``model.name`` in a recipe picks a builder registered here."""
+"""Models by name: ``model.name`` in a recipe picks a builder registered here.
+
+Only the decorator and the lookup: the built-in models register themselves when
+kerascv_app/models/__init__.py imports their modules, which Python does before any module of
+the package (this one included) can be used.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kerascv_app.errors import UserError
 
@@ -22,17 +27,10 @@ def register_model(name: str):
 
 
 def get_builder(name: str) -> Callable:
-    _import_builtin_models()
     if name not in _BUILDERS:
         raise UserError(f"model.name = {name!r} is unknown: use one of {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name]
 
 
 def model_names() -> list[str]:
-    _import_builtin_models()
     return sorted(_BUILDERS)
-
-
-def _import_builtin_models() -> None:
-    # Importing the modules runs their @register_model decorators.
-    from kerascv_app.models import fast_cifar, resnet, seed_cnn  # noqa: F401

@@ -18,14 +18,22 @@ def resnet(features, num_classes: int, config: ModelConfig):
     from keras import layers, regularizers
 
     if (config.depth - 2) % 6 != 0:
-        raise UserError(f"model.depth = {config.depth} does not fit a CIFAR ResNet: use 6n+2, e.g. 20, 32, 44, 56 or 110")
+        raise UserError(
+            f"model.depth = {config.depth} does not fit a CIFAR ResNet: use 6n+2, e.g. 20, 32, 44, 56 or 110"
+        )
     blocks_per_stage = (config.depth - 2) // 6
     penalty = regularizers.L1L2(l1=config.l1, l2=config.l2) if (config.l1 or config.l2) else None
 
     def conv(x, filters, strides, name, kernel_size=3):
         return layers.Conv2D(
-            filters, kernel_size, strides=strides, padding="same", use_bias=False,
-            kernel_initializer="he_normal", kernel_regularizer=penalty, name=name,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer=penalty,
+            name=name,
         )(x)
 
     x = conv(features, config.width, 1, "stem_conv")

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from kerascv_app.config import Config, DataConfig
 from kerascv_app.errors import UserError
-from kerascv_app.models.backbones import BACKBONE_NAME, Backbone, describe_preprocessing, load_backbone
+from kerascv_app.models.backbone_contract import BACKBONE_NAME, Backbone
+from kerascv_app.models.backbones import describe_preprocessing, load_backbone
 
 GRAYSCALE_TO_RGB = "grayscale_to_rgb"
 RESIZE_TO_BACKBONE = "resize_to_backbone"
@@ -41,10 +42,15 @@ def transfer_head(images, num_classes: int, config: Config):
         # A vision transformer's tokens (ViT, DeiT, DINOv2): their average, class token included.
         features = layers.GlobalAveragePooling1D(name="head_pool")(features)
     elif len(features.shape) != 2:
-        raise UserError(f"model.feature_layer gives features of shape {tuple(features.shape)}: name a layer whose output is a vector or a feature map")
+        raise UserError(
+            f"model.feature_layer gives features of shape {tuple(features.shape)}: "
+            "name a layer whose output is a vector or a feature map"
+        )
     if config.model.dropout:
         features = layers.Dropout(config.model.dropout, name="head_dropout")(features)
-    penalty = regularizers.L1L2(l1=config.model.l1, l2=config.model.l2) if (config.model.l1 or config.model.l2) else None
+    penalty = (
+        regularizers.L1L2(l1=config.model.l1, l2=config.model.l2) if (config.model.l1 or config.model.l2) else None
+    )
     return layers.Dense(num_classes, kernel_regularizer=penalty, name="classifier")(features)
 
 
@@ -70,7 +76,10 @@ def input_adaptation(data: DataConfig, backbone_size: tuple[int, int], backbone_
     if data.channels != backbone_channels:
         steps.append(f"grayscale to RGB: the channel repeated {backbone_channels} times ({GRAYSCALE_TO_RGB})")
     if tuple(data.image_size) != tuple(backbone_size):
-        steps.append(f"resized from {_size_text(data.image_size)} to {_size_text(backbone_size)}, bilinear ({RESIZE_TO_BACKBONE})")
+        steps.append(
+            f"resized from {_size_text(data.image_size)} to "
+            f"{_size_text(backbone_size)}, bilinear ({RESIZE_TO_BACKBONE})"
+        )
     return steps
 
 
@@ -82,7 +91,10 @@ def check_unfreeze_top(backbone_model, unfreeze_top: int) -> None:
         return
     count = len(backbone_blocks(backbone_model))
     if unfreeze_top > count:
-        raise UserError(f"train.unfreeze_top = {unfreeze_top} but the backbone has {count} blocks: use 1 to {count}, or 0 for all of it")
+        raise UserError(
+            f"train.unfreeze_top = {unfreeze_top} but the backbone "
+            f"has {count} blocks: use 1 to {count}, or 0 for all of it"
+        )
 
 
 def unfreeze_backbone(model, unfreeze_top: int) -> list[str]:
@@ -109,10 +121,28 @@ def transfer_environment(model, config: Config) -> dict:
     height, width, channels = backbone.inputs[0].shape[1:]
     block_count = len(backbone_blocks(backbone))
     train = config.train
-    unfrozen = f"the top {train.unfreeze_top} of {block_count} blocks" if train.unfreeze_top else f"the whole backbone ({block_count} blocks)"
-    stages = [{"stage": 1, "epochs": train.epochs, "learning_rate": train.learning_rate, "trains": "the head; backbone frozen, BatchNorm in inference mode"}]
+    unfrozen = (
+        f"the top {train.unfreeze_top} of {block_count} blocks"
+        if train.unfreeze_top
+        else f"the whole backbone ({block_count} blocks)"
+    )
+    stages = [
+        {
+            "stage": 1,
+            "epochs": train.epochs,
+            "learning_rate": train.learning_rate,
+            "trains": "the head; backbone frozen, BatchNorm in inference mode",
+        }
+    ]
     if train.fine_tune_epochs:
-        stages.append({"stage": 2, "epochs": train.fine_tune_epochs, "learning_rate": train.fine_tune_learning_rate, "trains": f"the head and {unfrozen}"})
+        stages.append(
+            {
+                "stage": 2,
+                "epochs": train.fine_tune_epochs,
+                "learning_rate": train.fine_tune_learning_rate,
+                "trains": f"the head and {unfrozen}",
+            }
+        )
     return {
         "transfer": {
             "backbone": config.model.backbone,

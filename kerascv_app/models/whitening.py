@@ -43,7 +43,10 @@ class PatchWhitening(keras.layers.Layer):
         channels = input_shape[-1]
         patch_values = self.patch_size * self.patch_size * channels
         self.kernel = self.add_weight(
-            name="kernel", shape=(self.patch_size, self.patch_size, channels, 2 * patch_values), initializer="zeros", trainable=False
+            name="kernel",
+            shape=(self.patch_size, self.patch_size, channels, 2 * patch_values),
+            initializer="zeros",
+            trainable=False,
         )
         self.bias = self.add_weight(name="bias", shape=(2 * patch_values,), initializer="zeros", trainable=True)
 
@@ -54,11 +57,18 @@ class PatchWhitening(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
         shrink = self.patch_size - 1
-        return (batch, None if height is None else height - shrink, None if width is None else width - shrink, 2 * self.patch_size**2 * channels)
+        return (
+            batch,
+            None if height is None else height - shrink,
+            None if width is None else width - shrink,
+            2 * self.patch_size**2 * channels,
+        )
 
     def adapt(self, images) -> None:
         """Sets the filters from ``images`` (N, H, W, C) as this layer receives them."""
-        self.set_filters(np.asarray(keras.ops.convert_to_numpy(patch_covariance(images, self.patch_size)), dtype=np.float64))
+        self.set_filters(
+            np.asarray(keras.ops.convert_to_numpy(patch_covariance(images, self.patch_size)), dtype=np.float64)
+        )
 
     def set_filters(self, covariance: np.ndarray) -> None:
         """Sets the filters from a patch covariance matrix (patch_size^2 * channels square)."""
@@ -77,7 +87,11 @@ def patch_covariance(images, patch_size: int):
     height, width = images.shape[1], images.shape[2]
     rows, columns = height - patch_size + 1, width - patch_size + 1
     # Concatenating the shifted views gives each position's patch in (row, column, channel) order.
-    shifted = [images[:, row : row + rows, column : column + columns, :] for row in range(patch_size) for column in range(patch_size)]
+    shifted = [
+        images[:, row : row + rows, column : column + columns, :]
+        for row in range(patch_size)
+        for column in range(patch_size)
+    ]
     patches = ops.concatenate(shifted, axis=-1)
     flat = ops.reshape(patches, (-1, patches.shape[-1]))
     return ops.matmul(ops.transpose(flat), flat) / ops.cast(ops.shape(flat)[0], "float32")
@@ -105,4 +119,3 @@ def initialize_whitening(model, images) -> None:
     for layer in whitening_layers(model):
         front = keras.Model(model.input, layer.input)
         layer.adapt(front(images, training=False))
-

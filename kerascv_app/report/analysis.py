@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerascv_app.ensemble.build import CALIBRATION_BINS, expected_calibration_error
+from kerascv_app.evaluate.metrics import CALIBRATION_BINS, confusion_matrix, expected_calibration_error
 from kerascv_app.report.sources import Predictions, ReportSource, read_predictions
 
 #: Class pairs listed under "most confused".
@@ -20,14 +20,16 @@ def classification_table(predictions: Predictions, class_names: list[str]) -> di
     from sklearn.metrics import classification_report
 
     return classification_report(
-        predictions.labels, predictions.predicted, labels=list(range(len(class_names))), target_names=class_names,
-        output_dict=True, zero_division=0,
+        predictions.labels,
+        predictions.predicted,
+        labels=list(range(len(class_names))),
+        target_names=class_names,
+        output_dict=True,
+        zero_division=0,
     )
 
 
 def confusion(predictions: Predictions, num_classes: int) -> np.ndarray:
-    from kerascv_app.evaluate.metrics import confusion_matrix
-
     return confusion_matrix(predictions.probabilities, predictions.labels, num_classes)
 
 
@@ -47,10 +49,14 @@ def most_confused(matrix: np.ndarray, class_names: list[str], count: int = CONFU
         if off_diagonal[true, predicted] == 0:
             break
         support = int(matrix[true].sum())
-        pairs.append({
-            "true": class_names[true], "predicted": class_names[predicted], "count": int(off_diagonal[true, predicted]),
-            "share": off_diagonal[true, predicted] / support if support else 0.0,
-        })
+        pairs.append(
+            {
+                "true": class_names[true],
+                "predicted": class_names[predicted],
+                "count": int(off_diagonal[true, predicted]),
+                "share": off_diagonal[true, predicted] / support if support else 0.0,
+            }
+        )
     return pairs
 
 
@@ -70,7 +76,11 @@ def gradcam_choice(predictions: Predictions, count: int, seed: int = 0) -> tuple
     right_count = min(len(right_all), count - wrong_count)
     wrong_count = min(len(wrong_all), count - right_count)
     wrong = wrong_all[np.argsort(-predictions.losses()[wrong_all], kind="stable")[:wrong_count]]
-    right = np.sort(np.random.default_rng(seed).choice(right_all, size=right_count, replace=False)) if right_count else right_all[:0]
+    right = (
+        np.sort(np.random.default_rng(seed).choice(right_all, size=right_count, replace=False))
+        if right_count
+        else right_all[:0]
+    )
     return wrong, right
 
 
@@ -98,14 +108,20 @@ def reliability(predictions: Predictions, bins: int = CALIBRATION_BINS) -> Relia
         accuracy = np.where(counts > 0, sums_correct / np.maximum(counts, 1), np.nan)
         mean_confidence = np.where(counts > 0, sums_confidence / np.maximum(counts, 1), np.nan)
     return Reliability(
-        edges=np.linspace(0.0, 1.0, bins + 1), counts=counts, accuracy=accuracy, confidence=mean_confidence,
+        edges=np.linspace(0.0, 1.0, bins + 1),
+        counts=counts,
+        accuracy=accuracy,
+        confidence=mean_confidence,
         expected_calibration_error=expected_calibration_error(predictions.probabilities, predictions.labels, bins),
     )
 
 
 def per_class_accuracy(predictions: Predictions, num_classes: int) -> list[float | None]:
     predicted = predictions.predicted
-    return [float((predicted[predictions.labels == index] == index).mean()) if np.any(predictions.labels == index) else None for index in range(num_classes)]
+    return [
+        float((predicted[predictions.labels == index] == index).mean()) if np.any(predictions.labels == index) else None
+        for index in range(num_classes)
+    ]
 
 
 def learning_rates(source: ReportSource) -> list[float]:
@@ -120,7 +136,9 @@ def learning_rates(source: ReportSource) -> list[float]:
     if source.kind != "run" or not epochs:
         return []
     config = Config.from_dict(source.config)
-    train = dataclasses.replace(config.train, learning_rate=source.environment.get("learning_rate", config.train.learning_rate))
+    train = dataclasses.replace(
+        config.train, learning_rate=source.environment.get("learning_rate", config.train.learning_rate)
+    )
     batch = source.environment.get("global_batch_size", config.data.batch_size)
     steps = max(1, math.ceil(source.splits.get("train", 0) / batch))
     stages = source.history.get("stage") or [1.0] * epochs
@@ -130,7 +148,9 @@ def learning_rates(source: ReportSource) -> list[float]:
         if stages[epoch] == 1:
             rates.append(_rate(learning_rate_schedule(train, steps), epoch * steps))
         else:
-            rates.append(_rate(learning_rate_schedule(fine_tune_settings(train), steps), (epoch - stage_one_epochs) * steps))
+            rates.append(
+                _rate(learning_rate_schedule(fine_tune_settings(train), steps), (epoch - stage_one_epochs) * steps)
+            )
     return rates
 
 
@@ -151,13 +171,21 @@ def ensemble_against_members(source: ReportSource) -> list[dict]:
     for member in source.metrics.get("members", []):
         test = member.get("test", {})
         row = {
-            "name": member["name"], "path": member.get("path"),
-            "accuracy": test.get("accuracy"), "loss": test.get("loss"), "ece": test.get("expected_calibration_error"),
+            "name": member["name"],
+            "path": member.get("path"),
+            "accuracy": test.get("accuracy"),
+            "loss": test.get("loss"),
+            "ece": test.get("expected_calibration_error"),
             "accuracy_gain": _difference(ensemble_test.get("accuracy"), test.get("accuracy")),
             "loss_gain": _difference(test.get("loss"), ensemble_test.get("loss")),
-            "fixed": None, "broken": None,
+            "fixed": None,
+            "broken": None,
         }
-        saved = read_predictions(Path(member["path"]), "test") if member.get("path") and not source.ensemble.get("tta") else None
+        saved = (
+            read_predictions(Path(member["path"]), "test")
+            if member.get("path") and not source.ensemble.get("tta")
+            else None
+        )
         if saved is not None and np.array_equal(saved.labels, source.test.labels):
             member_correct = saved.predicted == saved.labels
             row["fixed"] = int(np.sum(correct & ~member_correct))

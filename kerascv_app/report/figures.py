@@ -106,7 +106,15 @@ def confusion_figure(matrix: np.ndarray, normalised: np.ndarray, class_names: li
         if len(class_names) <= 20:
             for row in range(values.shape[0]):
                 for column in range(values.shape[1]):
-                    axes.text(column, row, text(values[row, column]), ha="center", va="center", fontsize=7, color="white" if values[row, column] > threshold else "black")
+                    axes.text(
+                        column,
+                        row,
+                        text(values[row, column]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if values[row, column] > threshold else "black",
+                    )
         figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     return figure_uri(figure)
@@ -117,10 +125,25 @@ def reliability_figure(bins: Reliability) -> str:
     figure, axes = plt.subplots(figsize=(4.6, 4.2))
     widths = np.diff(bins.edges)
     filled = bins.counts > 0
-    axes.bar(bins.edges[:-1][filled], bins.accuracy[filled], width=widths[filled], align="edge", edgecolor="black", alpha=0.75, label="accuracy")
     axes.bar(
-        bins.edges[:-1][filled], (bins.confidence - bins.accuracy)[filled], bottom=bins.accuracy[filled], width=widths[filled],
-        align="edge", color="tab:red", alpha=0.3, hatch="//", label="gap to confidence",
+        bins.edges[:-1][filled],
+        bins.accuracy[filled],
+        width=widths[filled],
+        align="edge",
+        edgecolor="black",
+        alpha=0.75,
+        label="accuracy",
+    )
+    axes.bar(
+        bins.edges[:-1][filled],
+        (bins.confidence - bins.accuracy)[filled],
+        bottom=bins.accuracy[filled],
+        width=widths[filled],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        hatch="//",
+        label="gap to confidence",
     )
     axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     axes.set_xlim(0, 1)
@@ -160,7 +183,12 @@ def per_class_figure(names: list[str], class_names: list[str], accuracies: list[
     width = 0.8 / len(names)
     positions = np.arange(len(class_names))
     for index, (name, values) in enumerate(zip(names, accuracies)):
-        axes.bar(positions + index * width - 0.4 + width / 2, [np.nan if v is None else v for v in values], width=width, label=name)
+        axes.bar(
+            positions + index * width - 0.4 + width / 2,
+            [np.nan if v is None else v for v in values],
+            width=width,
+            label=name,
+        )
     axes.set_xticks(positions, class_names, rotation=45, ha="right", fontsize=8)
     axes.set_ylim(0, 1)
     axes.set_ylabel("test accuracy")

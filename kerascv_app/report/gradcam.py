@@ -53,21 +53,37 @@ def gradcam(model_dir: str | Path, images: np.ndarray, classes: np.ndarray) -> G
         np.savez(request, images=images, classes=classes)
         package_parent = str(Path(__file__).resolve().parents[2])
         environment = {
-            **os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1",
+            **os.environ,
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "CUDA_VISIBLE_DEVICES": "-1",
             "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
         }
         result = subprocess.run(
             [sys.executable, "-m", "kerascv_app.report.gradcam", str(model_dir), str(request), str(answer)],
-            env=environment, capture_output=True, text=True,
+            env=environment,
+            capture_output=True,
+            text=True,
         )
         if result.returncode == NO_FEATURE_MAP_STATUS:
             raise NoFeatureMap(_no_feature_map(model_dir))
         if result.returncode != 0 or not answer.is_file():
             lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-            reason = next((line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else f"exit status {result.returncode}")
-            raise UserError(f"Grad-CAM under TensorFlow failed for {model_dir} ({reason}): pass --gradcam 0 to write the report without it")
+            reason = next(
+                (line.removeprefix("error: ") for line in reversed(lines) if line.startswith("error: ")),
+                lines[-1] if lines else f"exit status {result.returncode}",
+            )
+            raise UserError(
+                f"Grad-CAM under TensorFlow failed for {model_dir} ({reason}): pass --gradcam 0 to write the report "
+                "without it"
+            )
         with np.load(answer) as saved:
-            return GradcamResult(maps=saved["maps"], layer=str(saved["layer"]), probabilities=saved["probabilities"], where="a TensorFlow subprocess")
+            return GradcamResult(
+                maps=saved["maps"],
+                layer=str(saved["layer"]),
+                probabilities=saved["probabilities"],
+                where="a TensorFlow subprocess",
+            )
 
 
 def feature_layer(model):
@@ -121,7 +137,10 @@ def compute(model_dir: Path, images: np.ndarray, classes: np.ndarray) -> Gradcam
 
 
 def _no_feature_map(model_dir: Path) -> str:
-    return f"{Path(model_dir) / 'model.keras'} has no feature map larger than 1x1 at its top level (a backbone that ends in a dense layer keeps its maps inside it; a backbone's last map can be 1x1 at small image sizes)"
+    return (
+        f"{Path(model_dir) / 'model.keras'} has no feature map larger than 1x1 at its top level (a backbone that "
+        "ends in a dense layer keeps its maps inside it; a backbone's last map can be 1x1 at small image sizes)"
+    )
 
 
 def main(arguments: list[str]) -> int:

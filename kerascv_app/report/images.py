@@ -34,13 +34,22 @@ def rebuild_data(source: ReportSource, data_dir: str | Path | None) -> RebuiltDa
 
     config = Config.from_dict(source.config)
     location = data_dir if data_dir is not None else source.environment.get("data_dir")
-    advice = f"{IMAGE_PARTS} need them: pass --data-dir PATH where the data is now, or leave those parts out with {OPT_OUT}"
+    advice = (
+        f"{IMAGE_PARTS} need them: pass --data-dir PATH where the data is now, or leave those parts out with {OPT_OUT}"
+    )
     try:
         prepared = prepare_data(config, location)
     except UserError as error:
-        raise UserError(f"the images of {source.path} ({config.data.source}) cannot be read where it read them ({error}); {advice}")
-    if prepared.splits.record()["test_fingerprint"] != source.splits.get("test_fingerprint") or not np.array_equal(prepared.splits.test.labels, source.test.labels):
-        raise UserError(f"the test images found now for {source.path} ({config.data.source}) are not those it was evaluated on (splits.json, predictions/test.npz); {advice}")
+        raise UserError(
+            f"the images of {source.path} ({config.data.source}) cannot be read where it read them ({error}); {advice}"
+        ) from error
+    if prepared.splits.record()["test_fingerprint"] != source.splits.get("test_fingerprint") or not np.array_equal(
+        prepared.splits.test.labels, source.test.labels
+    ):
+        raise UserError(
+            f"the test images found now for {source.path} ({config.data.source}) are not those it was evaluated on "
+            f"(splits.json, predictions/test.npz); {advice}"
+        )
     return RebuiltData(config=config, prepared=prepared)
 
 
@@ -79,7 +88,12 @@ def preview_cells(data: RebuiltData, count: int) -> dict:
     images, labels = sample_training_images(data.prepared, config, count)
     augmented, mixed_labels = augment_sample(config, images, labels)
     cells = [
-        {"image": thumbnail_uri(image), "label": label_text(label, names), "augmented": thumbnail_uri(changed), "augmented_label": label_text(mixed, names)}
+        {
+            "image": thumbnail_uri(image),
+            "label": label_text(label, names),
+            "augmented": thumbnail_uri(changed),
+            "augmented_label": label_text(mixed, names),
+        }
         for image, label, changed, mixed in zip(images, labels, augmented, mixed_labels)
     ]
     operations = ", ".join(str(operation) for operation in config.augment.ops) or "no augmentation"

@@ -31,7 +31,9 @@ def check_request(paths: list[Path], out: Path | None, top_losses: int, gradcam:
         raise UserError("kcv report needs at least one run or ensemble directory")
     for path in paths:
         if not Path(path).is_dir():
-            raise UserError(f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)")
+            raise UserError(
+                f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)"
+            )
     for name, value in (("--top-losses", top_losses), ("--gradcam", gradcam), ("--preview", preview)):
         if value < 0:
             raise UserError(f"{name} {value} is invalid: give 0 (leave the part out) or a positive number of images")
@@ -44,8 +46,14 @@ def check_request(paths: list[Path], out: Path | None, top_losses: int, gradcam:
 
 
 def write_report(
-    paths: list[str | Path], out: str | Path | None = None, data_dir: str | Path | None = None,
-    top_losses: int = 24, gradcam: int = 8, preview: int = 16, with_images: bool = True, require_finished: bool = True,
+    paths: list[str | Path],
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    top_losses: int = 24,
+    gradcam: int = 8,
+    preview: int = 16,
+    with_images: bool = True,
+    require_finished: bool = True,
 ) -> Path:
     """Writes the report of one directory, or the comparison of several; returns its path.
 
@@ -71,7 +79,11 @@ def write_report_quietly(path: str | Path) -> Path | None:
     try:
         return write_report([path], with_images=False, require_finished=False)
     except Exception as error:  # The run is already complete; its report is a convenience.
-        print(f"warning: {Path(path) / DEFAULT_FILE} was not written ({type(error).__name__}: {error}); try kcv report {path}", file=sys.stderr)
+        print(
+            f"warning: {Path(path) / DEFAULT_FILE} was not written ({type(error).__name__}: {error}); try kcv "
+            f"report {path}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -79,8 +91,11 @@ def render(context: dict) -> str:
     import jinja2
 
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("kerascv_app.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.PackageLoader("kerascv_app.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     environment.filters["number"] = _number
     environment.filters["percent"] = lambda value: "-" if value is None else f"{100 * value:.1f}%"
@@ -113,31 +128,52 @@ def single_context(source: ReportSource, data_dir, counts: dict | None) -> dict:
     pairs = analysis.most_confused(matrix, class_names)
     notes: list[str] = []
     context = {
-        "mode": "single", "title": f"{source.name}", "source": source, "generated": _now(),
+        "mode": "single",
+        "title": f"{source.name}",
+        "source": source,
+        "generated": _now(),
         "summary": summary_rows(source, bins.expected_calibration_error),
         "curves": figures.curves_figure(source.history, rates),
         "stages": len(set(source.history.get("stage", []))) > 1,
         "confusion": figures.confusion_figure(matrix, analysis.row_normalised(matrix), class_names),
-        "report_rows": _report_rows(report_table, class_names), "report_table": report_table,
-        "pairs": pairs, "calibration": figures.reliability_figure(bins), "ece": bins.expected_calibration_error,
-        "bins": _bin_rows(bins), "top_losses": [], "gradcam": [], "gradcam_note": "", "preview": None,
+        "report_rows": _report_rows(report_table, class_names),
+        "report_table": report_table,
+        "pairs": pairs,
+        "calibration": figures.reliability_figure(bins),
+        "ece": bins.expected_calibration_error,
+        "bins": _bin_rows(bins),
+        "top_losses": [],
+        "gradcam": [],
+        "gradcam_note": "",
+        "preview": None,
         "members": analysis.ensemble_against_members(source) if source.kind == "ensemble" else [],
         "config_json": json.dumps(source.config, indent=2, sort_keys=True),
         "environment_json": json.dumps(source.environment, indent=2, sort_keys=True, default=str),
-        "notes": notes, "with_images": counts is not None,
+        "notes": notes,
+        "with_images": counts is not None,
     }
     data = {
-        "kind": source.kind, "path": str(source.path), "class_names": class_names,
+        "kind": source.kind,
+        "path": str(source.path),
+        "class_names": class_names,
         "metrics": {split: source.metrics.get(split, {}) for split in ("validation", "test")},
         "test": {
-            "count": int(len(test.labels)), "accuracy": float(np.mean(test.predicted == test.labels)),
-            "loss": float(test.losses().mean()), "expected_calibration_error": bins.expected_calibration_error,
+            "count": int(len(test.labels)),
+            "accuracy": float(np.mean(test.predicted == test.labels)),
+            "loss": float(test.losses().mean()),
+            "expected_calibration_error": bins.expected_calibration_error,
         },
-        "classification_report": report_table, "confusion_matrix": matrix.tolist(), "most_confused": pairs,
-        "learning_rates": rates, "top_losses": [], "gradcam": [],
+        "classification_report": report_table,
+        "confusion_matrix": matrix.tolist(),
+        "most_confused": pairs,
+        "learning_rates": rates,
+        "top_losses": [],
+        "gradcam": [],
     }
     if counts is None:
-        notes.append(f"Top losses, Grad-CAM and the augmentation preview read the images: kcv report {source.path} adds them.")
+        notes.append(
+            f"Top losses, Grad-CAM and the augmentation preview read the images: kcv report {source.path} adds them."
+        )
     else:
         _add_image_parts(source, data_dir, counts, context, data, notes)
     context["data"] = {**data, "sections": _sections(context)}
@@ -159,7 +195,11 @@ def _add_image_parts(source: ReportSource, data_dir, counts: dict, context: dict
     test = source.test
     losses = test.losses()
     loss_indices = analysis.top_losses(test, counts["top_losses"])
-    wrong, right = analysis.gradcam_choice(test, counts["gradcam"], seed=int(source.config.get("train", {}).get("seed", 0))) if wants_gradcam else (np.zeros(0, int), np.zeros(0, int))
+    wrong, right = (
+        analysis.gradcam_choice(test, counts["gradcam"], seed=int(source.config.get("train", {}).get("seed", 0)))
+        if wants_gradcam
+        else (np.zeros(0, int), np.zeros(0, int))
+    )
     explained = np.concatenate([wrong, right]).astype(np.int64)
     needed = np.unique(np.concatenate([loss_indices, explained]).astype(np.int64))
     pixels = dict(zip(needed.tolist(), image_reading.test_images(rebuilt, needed)))
@@ -174,25 +214,39 @@ def _add_image_parts(source: ReportSource, data_dir, counts: dict, context: dict
         from kerascv_app.report.gradcam import NoFeatureMap, gradcam
 
         try:
-            result = gradcam(source.path, np.stack([pixels[index] for index in explained.tolist()]), test.predicted[explained])
+            result = gradcam(
+                source.path, np.stack([pixels[index] for index in explained.tolist()]), test.predicted[explained]
+            )
         except NoFeatureMap as error:
             notes.append(f"Grad-CAM left out: {error}.")
     if result is not None:
         agreement = float(np.abs(result.probabilities - test.probabilities[explained]).max())
         context["gradcam_note"] = (
-            f"Computed under TensorFlow in {result.where} from model.keras (trained with {source.environment.get('backend')}), "
-            f"at the output of layer {result.layer!r}, for the predicted class; the reloaded model's probabilities differ from the run's "
+            f"Computed under TensorFlow in {result.where} from model.keras (trained with "
+            f"{source.environment.get('backend')}), at the output of layer {result.layer!r}, for the predicted "
+            "class; the reloaded model's probabilities differ from the run's "
             f"saved ones by at most {agreement:.1e}."
         )
         for position, index in enumerate(explained.tolist()):
             entry = _image_entry(test, index, names, identifiers[index], float(losses[index]))
             heatmap = result.maps[position]
             peak = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-            context["gradcam"].append({
-                **entry, "image": figures.thumbnail_uri(pixels[index]),
-                "overlay": figures.thumbnail_uri(figures.heatmap_overlay(pixels[index], heatmap)),
-            })
-            data["gradcam"].append({**entry, "layer": result.layer, "peak": [int(peak[0]), int(peak[1])], "where": result.where, "probability_difference": agreement})
+            context["gradcam"].append(
+                {
+                    **entry,
+                    "image": figures.thumbnail_uri(pixels[index]),
+                    "overlay": figures.thumbnail_uri(figures.heatmap_overlay(pixels[index], heatmap)),
+                }
+            )
+            data["gradcam"].append(
+                {
+                    **entry,
+                    "layer": result.layer,
+                    "peak": [int(peak[0]), int(peak[1])],
+                    "where": result.where,
+                    "probability_difference": agreement,
+                }
+            )
     elif counts["gradcam"] > 0 and source.kind == "run" and not source.has_model:
         notes.append("Grad-CAM needs model.keras, which this run does not have.")
     if wants_preview:
@@ -202,20 +256,37 @@ def _add_image_parts(source: ReportSource, data_dir, counts: dict, context: dict
 def _image_entry(test, index: int, names: list[str], identifier: str, loss: float) -> dict:
     true, predicted = int(test.labels[index]), int(test.predicted[index])
     return {
-        "index": index, "id": identifier, "true": names[true], "predicted": names[predicted], "correct": true == predicted,
-        "probability": float(test.probabilities[index, predicted]), "true_probability": float(test.probabilities[index, true]), "loss": loss,
+        "index": index,
+        "id": identifier,
+        "true": names[true],
+        "predicted": names[predicted],
+        "correct": true == predicted,
+        "probability": float(test.probabilities[index, predicted]),
+        "true_probability": float(test.probabilities[index, true]),
+        "loss": loss,
     }
 
 
 def summary_rows(source: ReportSource, ece: float) -> list[tuple[str, str]]:
     environment, splits, metrics = source.environment, source.splits, source.metrics
     data_text = f"{environment.get('data_source')} (fingerprint {environment.get('data_fingerprint')})"
-    split_text = f"{splits.get('train', '?')} train, {splits.get('validation', '?')} validation, {splits.get('test', '?')} test"
-    rows = [("recipe", source.config.get("name", "?")), ("model", source.model_name), ("backend", str(environment.get("backend")))]
+    split_text = (
+        f"{splits.get('train', '?')} train, {splits.get('validation', '?')} validation, {splits.get('test', '?')} test"
+    )
+    rows = [
+        ("recipe", source.config.get("name", "?")),
+        ("model", source.model_name),
+        ("backend", str(environment.get("backend"))),
+    ]
     if source.kind == "run":
         rows += [
-            ("precision", str(environment.get("precision"))), ("devices", ", ".join(environment.get("devices") or [])),
-            ("distribution", f"{environment.get('distribution', 'none')} ({environment.get('replicas', 1)} replica(s), {environment.get('workers', 1)} worker(s))"),
+            ("precision", str(environment.get("precision"))),
+            ("devices", ", ".join(environment.get("devices") or [])),
+            (
+                "distribution",
+                f"{environment.get('distribution', 'none')} ({environment.get('replicas', 1)} replica(s), "
+                f"{environment.get('workers', 1)} worker(s))",
+            ),
         ]
     else:
         weights = source.ensemble.get("weights")
@@ -234,7 +305,10 @@ def summary_rows(source: ReportSource, ece: float) -> list[tuple[str, str]]:
             if "top5_accuracy" in figures_of_split:
                 text += f" (top-5 {_number(figures_of_split['top5_accuracy'])})"
             rows.append((f"{split} accuracy", text))
-    rows += [("test loss", _number(metrics.get("test", {}).get("loss"))), ("test calibration error (ECE)", _number(ece))]
+    rows += [
+        ("test loss", _number(metrics.get("test", {}).get("loss"))),
+        ("test calibration error (ECE)", _number(ece)),
+    ]
     rows.append(("command", reproduce_command(environment)))
     return rows
 
@@ -278,8 +352,15 @@ def _report_rows(report: dict, class_names: list[str]) -> list[dict]:
 
 def _bin_rows(bins) -> list[dict]:
     return [
-        {"low": bins.edges[index], "high": bins.edges[index + 1], "count": int(bins.counts[index]), "accuracy": float(bins.accuracy[index]), "confidence": float(bins.confidence[index])}
-        for index in range(len(bins.counts)) if bins.counts[index]
+        {
+            "low": bins.edges[index],
+            "high": bins.edges[index + 1],
+            "count": int(bins.counts[index]),
+            "accuracy": float(bins.accuracy[index]),
+            "confidence": float(bins.confidence[index]),
+        }
+        for index in range(len(bins.counts))
+        if bins.counts[index]
     ]
 
 
@@ -287,8 +368,16 @@ def _sections(context: dict) -> list[str]:
     if context["mode"] == "comparison":
         names = ["comparison", "curves", "per-class"] + (["ensemble-members"] if context["ensembles"] else [])
         return names + ["configs"]
-    names = ["summary"] + (["curves"] if context["curves"] else []) + ["confusion", "classification-report", "most-confused", "calibration"]
-    names += (["top-losses"] if context["top_losses"] else []) + (["gradcam"] if context["gradcam"] else []) + (["preview"] if context["preview"] else [])
+    names = (
+        ["summary"]
+        + (["curves"] if context["curves"] else [])
+        + ["confusion", "classification-report", "most-confused", "calibration"]
+    )
+    names += (
+        (["top-losses"] if context["top_losses"] else [])
+        + (["gradcam"] if context["gradcam"] else [])
+        + (["preview"] if context["preview"] else [])
+    )
     names += ["ensemble-members"] if context["members"] else []
     return names + ["config"]
 
@@ -303,31 +392,60 @@ def comparison_context(sources: list[ReportSource]) -> dict:
         test = source.test
         bins = analysis.reliability(test)
         recorded = source.metrics.get("test", {})
-        rows.append({
-            "name": source.name, "path": str(source.path), "kind": source.kind, "recipe": source.config.get("name", "?"), "model": source.model_name,
-            "backend": source.environment.get("backend"), "precision": source.environment.get("precision", "-"),
-            "seed": source.config.get("train", {}).get("seed"), "epochs": len(source.history.get("loss", [])) or "-",
-            "validation_accuracy": source.metrics.get("validation", {}).get("accuracy"), "accuracy": recorded.get("accuracy"),
-            "top5_accuracy": recorded.get("top5_accuracy"), "loss": recorded.get("loss"), "ece": bins.expected_calibration_error,
-            "train_seconds": sum(source.history.get("epoch_seconds", [])) or None, "test_fingerprint": source.splits.get("test_fingerprint"),
-        })
+        rows.append(
+            {
+                "name": source.name,
+                "path": str(source.path),
+                "kind": source.kind,
+                "recipe": source.config.get("name", "?"),
+                "model": source.model_name,
+                "backend": source.environment.get("backend"),
+                "precision": source.environment.get("precision", "-"),
+                "seed": source.config.get("train", {}).get("seed"),
+                "epochs": len(source.history.get("loss", [])) or "-",
+                "validation_accuracy": source.metrics.get("validation", {}).get("accuracy"),
+                "accuracy": recorded.get("accuracy"),
+                "top5_accuracy": recorded.get("top5_accuracy"),
+                "loss": recorded.get("loss"),
+                "ece": bins.expected_calibration_error,
+                "train_seconds": sum(source.history.get("epoch_seconds", [])) or None,
+                "test_fingerprint": source.splits.get("test_fingerprint"),
+            }
+        )
         accuracies.append(analysis.per_class_accuracy(test, len(class_names)))
     names = [source.name for source in sources]
     notes = []
     if len({row["test_fingerprint"] for row in rows}) > 1:
-        notes.append("These directories were tested on different test images (their splits.json differ): their figures are not measured on the same images.")
-    ensembles = [{"name": source.name, "members": analysis.ensemble_against_members(source)} for source in sources if source.kind == "ensemble"]
+        notes.append(
+            "These directories were tested on different test images (their splits.json differ): their figures are "
+            "not measured on the same images."
+        )
+    ensembles = [
+        {"name": source.name, "members": analysis.ensemble_against_members(source)}
+        for source in sources
+        if source.kind == "ensemble"
+    ]
     context = {
-        "mode": "comparison", "title": f"comparison of {len(sources)} directories", "generated": _now(), "rows": rows, "notes": notes,
+        "mode": "comparison",
+        "title": f"comparison of {len(sources)} directories",
+        "generated": _now(),
+        "rows": rows,
+        "notes": notes,
         "curves": figures.overlaid_curves_figure([(source.name, source.history) for source in sources]),
         "per_class": figures.per_class_figure(names, class_names, accuracies),
-        "per_class_rows": [{"name": name, "values": [values[index] for values in accuracies]} for index, name in enumerate(class_names)],
-        "names": names, "ensembles": ensembles,
+        "per_class_rows": [
+            {"name": name, "values": [values[index] for values in accuracies]} for index, name in enumerate(class_names)
+        ],
+        "names": names,
+        "ensembles": ensembles,
         "configs": [(source.name, json.dumps(source.config, indent=2, sort_keys=True)) for source in sources],
     }
     context["data"] = {
-        "kind": "comparison", "class_names": class_names, "rows": rows,
-        "per_class_accuracy": {name: values for name, values in zip(names, accuracies)}, "ensembles": ensembles,
+        "kind": "comparison",
+        "class_names": class_names,
+        "rows": rows,
+        "per_class_accuracy": {name: values for name, values in zip(names, accuracies)},
+        "ensembles": ensembles,
         "sections": _sections(context),
     }
     return context

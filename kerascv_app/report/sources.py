@@ -76,25 +76,43 @@ def open_source(path: str | Path, require_finished: bool = True) -> ReportSource
 
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)")
+        raise UserError(
+            f"{path} does not exist: give a run directory (kcv fit) or an ensemble directory (kcv ensemble)"
+        )
     if is_ensemble_directory(path):
         kind, status, ensemble = "ensemble", {}, _read_json(path, "ensemble.json")
     else:
         run = RunDirectory.open(path)
         state = run.status()
         if state != "finished" and (require_finished or state != "running"):
-            raise UserError(f"{path} is not a finished run (status {state}): only finished runs have a report; resume it with kcv fit --resume {path}")
+            raise UserError(
+                f"{path} is not a finished run (status {state}): only finished runs have a report; resume it with "
+                f"kcv fit --resume {path}"
+            )
         kind, status, ensemble = "run", run.status_record(), {}
     records = {name: _read_json(path, f"{name}.json") for name in ("config", "environment", "splits", "metrics")}
     test = read_predictions(path, "test")
     if test is None:
-        raise UserError(f"{path / 'predictions' / 'test.npz'} is missing: {path} has no test predictions to report; evaluate or train it again")
+        raise UserError(
+            f"{path / 'predictions' / 'test.npz'} is missing: {path} has no test predictions to report; evaluate or "
+            "train it again"
+        )
     class_names = list(records["environment"].get("class_names") or ensemble.get("class_names") or [])
     if test.probabilities.shape[1] != len(class_names):
-        raise UserError(f"{path / 'predictions' / 'test.npz'} has {test.probabilities.shape[1]} classes but {path} names {len(class_names)}: the directory is damaged")
+        raise UserError(
+            f"{path / 'predictions' / 'test.npz'} has {test.probabilities.shape[1]} classes but {path} names "
+            f"{len(class_names)}: the directory is damaged"
+        )
     return ReportSource(
-        path=path, kind=kind, class_names=class_names, test=test, validation=read_predictions(path, "validation"),
-        history=read_history(path / "history.csv"), status=status, ensemble=ensemble, **records,
+        path=path,
+        kind=kind,
+        class_names=class_names,
+        test=test,
+        validation=read_predictions(path, "validation"),
+        history=read_history(path / "history.csv"),
+        status=status,
+        ensemble=ensemble,
+        **records,
     )
 
 
@@ -105,7 +123,7 @@ def _read_json(path: Path, name: str) -> dict:
     try:
         return json.loads(file.read_text())
     except ValueError as error:
-        raise UserError(f"{file} is corrupt ({error}): {path} cannot be reported")
+        raise UserError(f"{file} is corrupt ({error}): {path} cannot be reported") from error
 
 
 def read_predictions(path: Path, split_name: str) -> Predictions | None:
@@ -116,7 +134,7 @@ def read_predictions(path: Path, split_name: str) -> Predictions | None:
         with np.load(file) as saved:
             return Predictions(saved["probabilities"].astype(np.float64), saved["labels"].astype(np.int64))
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"{file} is corrupt ({type(error).__name__}: {error}): {path} cannot be reported")
+        raise UserError(f"{file} is corrupt ({type(error).__name__}: {error}): {path} cannot be reported") from error
 
 
 def check_comparable(sources: list[ReportSource]) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 import zipfile
@@ -41,16 +40,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from kerascv_app import faults
 from kerascv_app.config import parse_checkpoint_every
 
 #: Complete checkpoints kept: the newest, and the one before it in case the newest is damaged.
 KEEP = 2
 #: The member of a checkpoint file that holds its position and callback state (JSON).
 POSITION_KEY = "position"
-#: Fault injection for the resume tests: "EPOCH:BATCH" (0-based epoch, batches done in it)
-#: makes the process SIGKILL itself after that batch and its checkpoint logic; "EPOCH:0"
-#: after the epoch's end and its checkpoint (the epoch boundary).
-KILL_AT_VARIABLE = "KCV_KILL_AT"
 
 
 @dataclass(frozen=True)
@@ -102,16 +98,28 @@ class CheckpointStore:
         """Complete checkpoint files, newest first (partial ones start with a dot)."""
         if not self.directory.is_dir():
             return []
-        found = [path for path in self.directory.iterdir() if path.name.startswith("checkpoint-") and path.suffix == ".npz"]
+        found = [
+            path for path in self.directory.iterdir() if path.name.startswith("checkpoint-") and path.suffix == ".npz"
+        ]
         return sorted(found, key=lambda path: path.name, reverse=True)
 
     def save(self, model, position: Position, callback_state: dict, before_fit: bool = False) -> Path:
         final = self.directory / f"{position.name}.npz"
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f".partial-{position.name}.npz"
-        arrays = {f"{group}/{index}": keras.ops.convert_to_numpy(variable.value) for group, variables in state_variables(model).items() for index, variable in enumerate(variables)}
+        arrays = {
+            f"{group}/{index}": keras.ops.convert_to_numpy(variable.value)
+            for group, variables in state_variables(model).items()
+            for index, variable in enumerate(variables)
+        }
         arrays.update(_global_generator_states())
-        record = {"stage": position.stage, "epoch": position.epoch, "batch": position.batch, "callbacks": callback_state, "before_fit": before_fit}
+        record = {
+            "stage": position.stage,
+            "epoch": position.epoch,
+            "batch": position.batch,
+            "callbacks": callback_state,
+            "before_fit": before_fit,
+        }
         with open(partial, "wb") as handle:
             np.savez(handle, **arrays, **{POSITION_KEY: np.array(json.dumps(record, default=float))})
             handle.flush()
@@ -159,7 +167,8 @@ class CheckpointStore:
         for group, variables in state_variables(model).items():
             stored = [arrays.get(f"{group}/{index}") for index in range(len(variables))]
             if sum(key.startswith(group + "/") for key in arrays) != len(variables) or any(
-                value is None or tuple(value.shape) != tuple(variable.shape) for value, variable in zip(stored, variables)
+                value is None or tuple(value.shape) != tuple(variable.shape)
+                for value, variable in zip(stored, variables)
             ):
                 raise CheckpointDamaged(f"{path.name} does not fit this model's {group} variables")
             for variable, value in zip(variables, stored):
@@ -181,7 +190,9 @@ def _global_generator_states() -> dict:
 
     states = {"rng/torch": torch.get_rng_state().numpy()}
     if torch.cuda.is_available():
-        states.update({f"rng/cuda/{index}": state.numpy() for index, state in enumerate(torch.cuda.get_rng_state_all())})
+        states.update(
+            {f"rng/cuda/{index}": state.numpy() for index, state in enumerate(torch.cuda.get_rng_state_all())}
+        )
     return states
 
 
@@ -223,8 +234,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._first_epoch_of_fit = True
         self._last_save = time.monotonic()
         self._steps_since_save = 0
-        kill_at = os.environ.get(KILL_AT_VARIABLE)
-        self._kill_at = tuple(int(part) for part in kill_at.split(":")) if kill_at else None
+        self._kill_at = faults.kill_at()
         self.seconds_saving = 0.0
         self.saves = 0
 
@@ -268,9 +278,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def _maybe_kill(self, epoch: int, batch: int) -> None:
         if self._kill_at == (epoch, batch):
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            faults.die_like_a_killed_process()
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -291,7 +299,12 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def set_state(self, state: dict) -> None:
         super().on_train_begin()
         self._started = True
-        self.wait, self.best, self.best_epoch, self.stopped_epoch = state["wait"], state["best"], state["best_epoch"], state["stopped_epoch"]
+        self.wait, self.best, self.best_epoch, self.stopped_epoch = (
+            state["wait"],
+            state["best"],
+            state["best_epoch"],
+            state["stopped_epoch"],
+        )
 
 
 class BestWeights(keras.callbacks.ModelCheckpoint):
@@ -301,7 +314,9 @@ class BestWeights(keras.callbacks.ModelCheckpoint):
     def __init__(self, path: Path, monitor: str, use_ema: bool):
         self.final_path = Path(path)
         self.partial_path = self.final_path.with_name(".partial-" + self.final_path.name)
-        super().__init__(str(self.partial_path), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True)
+        super().__init__(
+            str(self.partial_path), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True
+        )
         self.use_ema = use_ema
 
     def _save_model(self, epoch, batch, logs):

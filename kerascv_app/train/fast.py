@@ -24,12 +24,9 @@ everything included but the process's start-up and imports before it.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import datetime
 import math
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,9 +37,7 @@ from kerascv_app.config import Config
 from kerascv_app.data.arrays import ArrayData, split_arrays
 from kerascv_app.data.prepare import PreparedData, prepare_data
 from kerascv_app.errors import UserError
-from kerascv_app.evaluate.evaluate import write_evaluation
 from kerascv_app.evaluate.metrics import classification_metrics, softmax
-from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.models import create_model
 from kerascv_app.models.whitening import patch_covariance, whitening_layers
 from kerascv_app.runs import RunDirectory, environment_record
@@ -56,6 +51,7 @@ from kerascv_app.train.fast_steps import (
     wait_for_device,
     whitening_bias_ids,
 )
+from kerascv_app.train.lifecycle import finish_run, require_finite_predictions, started_run
 from kerascv_app.train.optim import learning_rate_schedule
 
 # Training images the PatchWhitening filters are computed from (airbench: 5,000).
@@ -72,7 +68,9 @@ TIMING_DESCRIPTION = (
 )
 
 
-def fit_fast(config: Config, recipe_source: str, backend: str, data_dir=None, runs_dir="runs", show_progress: bool = True) -> RunDirectory:
+def fit_fast(
+    config: Config, recipe_source: str, backend: str, data_dir=None, runs_dir="runs", show_progress: bool = True
+) -> RunDirectory:
     """Trains, evaluates and writes a run directory, like ``kcv fit``, with the fast loop."""
     wall_start = time.perf_counter()
     augmentation = fast_augmentation(config)
@@ -81,25 +79,24 @@ def fit_fast(config: Config, recipe_source: str, backend: str, data_dir=None, ru
     data_start = time.perf_counter()
     prepared = prepare_data(config, data_dir)
     arrays = {
-        name: split_arrays(getattr(prepared.splits, name), config.data.image_size, config.data.channels, prepared.data.fingerprint)
+        name: split_arrays(
+            getattr(prepared.splits, name), config.data.image_size, config.data.channels, prepared.data.fingerprint
+        )
         for name in ("train", "validation", "test")
     }
     data_seconds = time.perf_counter() - data_start
     if len(arrays["train"]) == 0:
         raise UserError(f"{prepared.data.name} has no training images")
     # The model holds no augmentation: the loop augments whole batches itself.
-    model = create_model(dataclasses.replace(config, augment=dataclasses.replace(config.augment, ops=())), prepared.num_classes)
+    model = create_model(
+        dataclasses.replace(config, augment=dataclasses.replace(config.augment, ops=())), prepared.num_classes
+    )
     trainer = FastTrainer(model, config, arrays, augmentation, show_progress)
 
-    run = RunDirectory.create(runs_dir, config.name)
-    run.set_status("running", recipe=config.name, backend=backend, started=_now())
-    run.write_json("config.json", config.to_dict())
-    run.file("recipe.py").write_text(recipe_source)
-    run.write_json("environment.json", fast_environment(config, backend, prepared, data_dir))
-    run.write_json("splits.json", prepared.splits.record())
-    with run.marking_failures():
+    environment = fast_environment(config, backend, prepared, data_dir)
+    with started_run(runs_dir, config, recipe_source, backend, environment, prepared) as run:
         result = trainer.run()
-        finish_run(run, model, config, prepared, arrays["test"], result, data_seconds, wall_start)
+        finish_fast_run(run, trainer, prepared, result, data_seconds, wall_start)
     return run
 
 
@@ -113,7 +110,9 @@ def fast_augmentation(config: Config) -> FastAugmentation:
     """The recipe's ops as the fast loop applies them: a horizontal flip (probability 1/2,
     alternating between epochs) and a shift of up to ``padding`` pixels (reflect fill)."""
     if config.model.backbone:
-        raise UserError("train.loop = 'fast' trains a model from scratch: set model.backbone = '' or train.loop = 'keras'")
+        raise UserError(
+            "train.loop = 'fast' trains a model from scratch: set model.backbone = '' or train.loop = 'keras'"
+        )
     flip, padding = False, 0
     for operation in config.augment.ops:
         arguments = operation.arguments()
@@ -123,7 +122,8 @@ def fast_augmentation(config: Config) -> FastAugmentation:
             padding = int(arguments["padding"])
         else:
             raise UserError(
-                f"augment op {operation} is not one the fast loop applies: it takes op('flip') (horizontal, probability 0.5) "
+                f"augment op {operation} is not one the fast loop applies: "
+                "it takes op('flip') (horizontal, probability 0.5) "
                 "and op('pad_crop', padding=N, fill='reflect'); use train.loop = 'keras' for other ops"
             )
     return FastAugmentation(flip=flip, padding=padding)
@@ -150,7 +150,9 @@ class OnDevice:
 
 
 class FastTrainer:
-    def __init__(self, model, config: Config, arrays: dict[str, ArrayData], augmentation: FastAugmentation, show_progress: bool):
+    def __init__(
+        self, model, config: Config, arrays: dict[str, ArrayData], augmentation: FastAugmentation, show_progress: bool
+    ):
         train = arrays["train"]
         self.model = model
         self.config = config
@@ -201,13 +203,19 @@ class FastTrainer:
             history.append(self._history_row(epoch, state, losses, corrects, epoch_seconds[-1], validation))
         evaluation_start = time.perf_counter()
         test_logits = self._predict(state, test, tta=True)
-        test_accuracy = float((test_logits.argmax(axis=-1) == self.arrays["test"].labels).mean()) if test.count else float("nan")
+        test_accuracy = (
+            float((test_logits.argmax(axis=-1) == self.arrays["test"].labels).mean()) if test.count else float("nan")
+        )
         final_evaluation_seconds = time.perf_counter() - evaluation_start
 
         self.steps.assign_to_model(state)
         train_seconds = whitening_seconds + sum(epoch_seconds) + final_evaluation_seconds
         if self.show_progress:
-            print(f"test accuracy with test-time augmentation {test_accuracy:.4f}; train_seconds {train_seconds:.2f} (compilation {compile_seconds:.1f} s, not counted)", flush=True)
+            print(
+                f"test accuracy with test-time augmentation {test_accuracy:.4f}; train_seconds "
+                f"{train_seconds:.2f} (compilation {compile_seconds:.1f} s, not counted)",
+                flush=True,
+            )
         timing = {
             "train_seconds": train_seconds,
             "compile_seconds": compile_seconds,
@@ -226,7 +234,9 @@ class FastTrainer:
         lookahead_on = train_config.lookahead_decay > 0 and epoch >= train_config.lookahead_start_epoch
         losses, corrects = [], []
         for batch_index in range(self.steps_per_epoch):
-            state, loss, correct = self.steps.train_step(state, images, labels, plan, scalar(batch_index, "int32"), mask)
+            state, loss, correct = self.steps.train_step(
+                state, images, labels, plan, scalar(batch_index, "int32"), mask
+            )
             losses.append(loss)
             corrects.append(correct)
             step = epoch * self.steps_per_epoch + batch_index + 1
@@ -234,7 +244,9 @@ class FastTrainer:
                 if average is None:
                     average = self.steps.start_average(state)
                 else:
-                    state, average = self.steps.lookahead(state, average, scalar(self.steps.lookahead_decay(step), "float32"))
+                    state, average = self.steps.lookahead(
+                        state, average, scalar(self.steps.lookahead_decay(step), "float32")
+                    )
         if average is not None:
             # airbench ends each epoch on the average itself (an update with decay 1).
             state, average = self.steps.lookahead(state, average, scalar(1.0, "float32"))
@@ -242,7 +254,9 @@ class FastTrainer:
 
     def _plan(self, epoch: int) -> tuple:
         count = len(self.arrays["train"])
-        return draw_epoch_plan(count, epoch, self.config.train.seed, self.augmentation.padding, self.augmentation.flip).values()
+        return draw_epoch_plan(
+            count, epoch, self.config.train.seed, self.augmentation.padding, self.augmentation.flip
+        ).values()
 
     def _update_mask(self, epoch: int):
         epochs = self.config.train.whitening_bias_epochs
@@ -261,10 +275,14 @@ class FastTrainer:
         trained = self.steps.train_step(state, images, labels, self._plan(0), scalar(0, "int32"), self._update_mask(0))
         outputs.append(trained)
         if self.config.train.lookahead_decay > 0:
-            outputs.append(self.steps.lookahead(trained[0], self.steps.start_average(trained[0]), scalar(1.0, "float32")))
+            outputs.append(
+                self.steps.lookahead(trained[0], self.steps.start_average(trained[0]), scalar(1.0, "float32"))
+            )
         outputs.append(self.steps.predict_tta_batch(state, test.images, scalar(0, "int32"), test.batch_size))
         if validation is not None:
-            outputs.append(self.steps.predict_batch(state, validation.images, scalar(0, "int32"), validation.batch_size))
+            outputs.append(
+                self.steps.predict_batch(state, validation.images, scalar(0, "int32"), validation.batch_size)
+            )
         # Dispatch is asynchronous: the timer must not start while warm-up work still runs.
         wait_for_device(outputs)
         return time.perf_counter() - start
@@ -299,7 +317,9 @@ class FastTrainer:
         row["epoch_seconds"] = seconds
         row["images_per_second"] = seen / seconds if seconds > 0 else float("nan")
         if self.show_progress:
-            shown = "  ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("epoch", "images_per_second"))
+            shown = "  ".join(
+                f"{key} {value:.4f}" for key, value in row.items() if key not in ("epoch", "images_per_second")
+            )
             print(f"epoch {epoch + 1}/{self.config.train.epochs}  {shown}", flush=True)
         return row
 
@@ -311,38 +331,55 @@ def _covariance_function(model, layer):
     return backend_compile(lambda images: patch_covariance(front(images, training=False), layer.patch_size))
 
 
-def finish_run(run: RunDirectory, model, config: Config, prepared: PreparedData, test: ArrayData, result: FastResult, data_seconds: float, wall_start: float) -> None:
-    """Saves the model and writes history, metrics (with test-time augmentation and timing) and status."""
-    write_history(run.file("history.csv"), result.history)
-    model.save(run.model_path)
-    ModelDirectory(
-        path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
-        channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
-    ).write()
-    metrics = write_evaluation(run, model, prepared, config)
-    if len(test):
-        metrics["test_tta"] = classification_metrics(softmax(result.test_tta_logits.astype(np.float64)), test.labels, prepared.class_names)
-    metrics["timing"] = {**result.timing, "data_seconds": data_seconds, "devices": backend_module.devices(), "wall_seconds": time.perf_counter() - wall_start}
-    run.write_json("metrics.json", metrics)
-    run.set_status(
-        "finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"),
-        test_tta_accuracy=metrics.get("test_tta", {}).get("accuracy"), train_seconds=result.timing["train_seconds"],
+def finish_fast_run(
+    run: RunDirectory,
+    trainer: FastTrainer,
+    prepared: PreparedData,
+    result: FastResult,
+    data_seconds: float,
+    wall_start: float,
+) -> None:
+    """The shared finish (kerascv_app/train/lifecycle.py), with the fast loop's history, its
+    test-time-augmented test metrics and timing in metrics.json, and train_seconds in run.json."""
+    test = trainer.arrays["test"]
+    # Checked before anything is saved: non-finite logits would give one class for every image.
+    require_finite_predictions(run, result.test_tta_logits, "test-time-augmented test logits")
+    test_tta = (
+        classification_metrics(softmax(result.test_tta_logits.astype(np.float64)), test.labels, prepared.class_names)
+        if len(test)
+        else None
+    )
+
+    def fast_metrics(metrics: dict) -> dict:
+        timing = {
+            **result.timing,
+            "data_seconds": data_seconds,
+            "devices": backend_module.devices(),
+            "wall_seconds": time.perf_counter() - wall_start,
+        }
+        return {"test_tta": test_tta, "timing": timing} if test_tta is not None else {"timing": timing}
+
+    finish_run(
+        run,
+        trainer.model,
+        trainer.config,
+        prepared,
+        history_rows=result.history,
+        extra_metrics=fast_metrics,
+        status_fields={
+            "test_tta_accuracy": (test_tta or {}).get("accuracy"),
+            "train_seconds": result.timing["train_seconds"],
+        },
     )
 
 
 def fast_environment(config: Config, backend: str, prepared: PreparedData, data_dir) -> dict:
     """environment.json of a fast-loop run: what kcv fit records, on one device."""
-    return environment_record(config, backend, backend_module.devices(), prepared, data_dir, {"loop": "fast", "distribution": "none", "replicas": 1})
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _now() -> str:
-    return datetime.datetime.now().isoformat(timespec="seconds")
+    return environment_record(
+        config,
+        backend,
+        backend_module.devices(),
+        prepared,
+        data_dir,
+        {"loop": "fast", "distribution": "none", "replicas": 1},
+    )

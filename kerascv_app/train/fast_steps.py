@@ -120,13 +120,17 @@ class FastSteps:
     def _loss(self, trainable, non_trainable, images, labels):
         logits, non_trainable = self.model.stateless_call(trainable, non_trainable, images, training=True)
         targets = ops.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-        losses = keras.losses.categorical_crossentropy(targets, logits, from_logits=True, label_smoothing=self.settings.label_smoothing)
+        losses = keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=self.settings.label_smoothing
+        )
         return ops.mean(losses), (logits, non_trainable)
 
     def _train_step(self, state, images, labels, plan, batch_index, update_mask):
         trainable, non_trainable, velocities, step = state
         batch_images, batch_labels = self._batch(images, labels, plan, batch_index)
-        (loss, (logits, non_trainable)), gradients = self.value_and_gradient(trainable, non_trainable, batch_images, batch_labels)
+        (loss, (logits, non_trainable)), gradients = self.value_and_gradient(
+            trainable, non_trainable, batch_images, batch_labels
+        )
         learning_rate = self._learning_rate(step)
         trainable, velocities = self._sgd(trainable, velocities, gradients, learning_rate, update_mask)
         correct = ops.sum(ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(batch_labels, "int32")), "int32"))
@@ -137,7 +141,10 @@ class FastSteps:
         batch_size = self.settings.batch_size
         indices = ops.slice(permutation, (batch_index * batch_size,), (batch_size,))
         batch_images = flip_and_shift(
-            ops.take(images, indices, axis=0), ops.take(flips, indices, axis=0), ops.take(offsets, indices, axis=0), self.settings.padding
+            ops.take(images, indices, axis=0),
+            ops.take(flips, indices, axis=0),
+            ops.take(offsets, indices, axis=0),
+            self.settings.padding,
         )
         return batch_images, ops.take(labels, indices, axis=0)
 
@@ -177,9 +184,16 @@ class FastSteps:
         trainable, non_trainable, velocities, step = state
         average_trainable, average_non_trainable = average
         average_trainable = [_towards(mean, value, decay) for mean, value in zip(average_trainable, trainable)]
-        average_non_trainable = [_towards(mean, value, decay) for mean, value in zip(average_non_trainable, non_trainable)]
+        average_non_trainable = [
+            _towards(mean, value, decay) for mean, value in zip(average_non_trainable, non_trainable)
+        ]
         # Copies: torch would otherwise share one tensor between the weights and the average.
-        new_state = ([ops.copy(mean) for mean in average_trainable], [ops.copy(mean) for mean in average_non_trainable], velocities, step)
+        new_state = (
+            [ops.copy(mean) for mean in average_trainable],
+            [ops.copy(mean) for mean in average_non_trainable],
+            velocities,
+            step,
+        )
         return new_state, (average_trainable, average_non_trainable)
 
     # Prediction
@@ -193,7 +207,9 @@ class FastSteps:
     def _predict_tta_batch(self, state, images, batch_index, batch_size):
         trainable, non_trainable, _, _ = state
         batch = _batch_at(images, batch_index, batch_size)
-        return tta_logits(lambda views: self.model.stateless_call(trainable, non_trainable, views, training=False)[0], batch)
+        return tta_logits(
+            lambda views: self.model.stateless_call(trainable, non_trainable, views, training=False)[0], batch
+        )
 
 
 def _detached(value):
@@ -214,7 +230,9 @@ def _towards(mean, value, decay):
 
 def gradient_scales(model, bias_learning_rate_scale: float) -> list[float]:
     """Per trainable variable: ``bias_learning_rate_scale`` for BatchNorm biases, else 1."""
-    bias_ids = {id(layer.beta) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.center}
+    bias_ids = {
+        id(layer.beta) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.center
+    }
     return [bias_learning_rate_scale if id(variable) in bias_ids else 1.0 for variable in model.trainable_variables]
 
 
@@ -249,7 +267,9 @@ def backend_value_and_gradient(function):
         leaves = [value.detach().requires_grad_(True) for value in trainable]
         value, auxiliary = function(leaves, *arguments)
         gradients = torch.autograd.grad(value, leaves)
-        detached = keras.tree.map_structure(lambda tensor: tensor.detach() if isinstance(tensor, torch.Tensor) else tensor, auxiliary)
+        detached = keras.tree.map_structure(
+            lambda tensor: tensor.detach() if isinstance(tensor, torch.Tensor) else tensor, auxiliary
+        )
         return (value.detach(), detached), list(gradients)
 
     return torch_value_and_gradient

@@ -7,26 +7,20 @@ runs before the run directory is created, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import csv
-import os
-import signal
 import sys
 from pathlib import Path
 
 from kerascv_app import backend as backend_module
+from kerascv_app import faults
+from kerascv_app import runs as runs_module
 from kerascv_app.config import Config, TrainConfig
-from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data, report_undecodable_files
+from kerascv_app.data.prepare import PreparedData, evaluation_dataset, prepare_data
+from kerascv_app.distribution import start_distribution
 from kerascv_app.errors import UserError
-from kerascv_app.model_dir import ModelDirectory
 from kerascv_app.models.backbones import resolve_backbone
 from kerascv_app.models.transfer import transfer_environment
-from kerascv_app import runs as runs_module
 from kerascv_app.runs import RunDirectory
-
-#: Fault injection for the resume tests: the process kills itself (SIGKILL, no clean-up)
-#: at the end of this epoch number (1-based), after its checkpoint was written. A kill at
-#: any batch: KCV_KILL_AT (kerascv_app/train/checkpoint.py).
-KILL_AFTER_EPOCH_VARIABLE = "KCV_KILL_AFTER_EPOCH"
+from kerascv_app.train.lifecycle import finish_run, started_run
 
 
 def fit(
@@ -45,7 +39,7 @@ def fit(
     import keras
 
     # First of all: TensorFlow's multi-worker runtime cannot start once an op has run.
-    distribution = backend_module.start_distribution(config.train.distribution, backend)
+    distribution = start_distribution(config.train.distribution, backend)
     # A run backbone is recorded as an absolute path, so that resume finds the same model.
     config = resolve_backbone(config, runs_dir)
     backend_module.set_precision(config.train.precision)
@@ -59,18 +53,17 @@ def fit(
     with distribution.scope():
         model = _compiled_model(training_config, prepared)
 
-    run = RunDirectory.create(distribution.runs_dir(runs_dir), config.name)
-    # One writer per run: a kcv fit --resume of this run is refused while this process lives.
-    with run.locked():
-        run.set_status("running", recipe=config.name, backend=backend, started=_now())
-        run.write_json("config.json", config.to_dict())
-        run.file("recipe.py").write_text(recipe_source)
-        run.write_json("environment.json", {**environment_record(training_config, backend, distribution, prepared, data_dir), **transfer_environment(model, config)})
-        run.write_json("splits.json", prepared.splits.record())
+    environment = {
+        **environment_record(training_config, backend, distribution, prepared, data_dir),
+        **transfer_environment(model, config),
+    }
+    with started_run(distribution.runs_dir(runs_dir), config, recipe_source, backend, environment, prepared) as run:
         return _train_and_finish(run, training_config, prepared, model, show_progress, distribution)
 
 
-def resume(run: RunDirectory, backend: str, data_dir: str | Path | None = None, show_progress: bool = True) -> RunDirectory:
+def resume(
+    run: RunDirectory, backend: str, data_dir: str | Path | None = None, show_progress: bool = True
+) -> RunDirectory:
     """Continues an unfinished run at the batch after its newest good checkpoint."""
     import keras
 
@@ -80,33 +73,51 @@ def resume(run: RunDirectory, backend: str, data_dir: str | Path | None = None, 
         raise UserError(f"{run.path} is already finished: nothing to resume")
     config = _recorded_config(run)
     if config.train.loop == "fast":
-        raise UserError(f"{run.path} was trained with train.loop = 'fast', which keeps no state to resume from: train it again with kcv fit")
+        raise UserError(
+            f"{run.path} was trained with train.loop = 'fast', which "
+            "keeps no state to resume from: train it again with kcv fit"
+        )
     with run.locked():
         environment = run.read_json("environment.json")
         recorded_splits = run.read_json("splits.json")
         if environment.get("backend") != backend:
-            raise UserError(f"{run.path} was trained with the {environment.get('backend')} backend: resume it with --backend {environment.get('backend')}")
+            raise UserError(
+                f"{run.path} was trained with the {environment.get('backend')} "
+                f"backend: resume it with --backend {environment.get('backend')}"
+            )
         found = CheckpointStore(run.backup_dir).latest()
         if found is None:
-            raise UserError(f"{run.path} has no checkpoint to resume from ({run.backup_dir} is missing, empty or damaged): train it again with: {restart_command(run, environment)}")
+            raise UserError(
+                f"{run.path} has no checkpoint to resume from ({run.backup_dir} is missing, "
+                f"empty or damaged): train it again with: {restart_command(run, environment)}"
+            )
         checkpoint_path, restored = found
-        distribution = backend_module.start_distribution(environment.get("distribution", "none"), backend)
+        distribution = start_distribution(environment.get("distribution", "none"), backend)
         training_config = _resumable_training_config(run, config, environment, distribution)
         backend_module.set_precision(config.train.precision)
         keras.utils.set_random_seed(config.train.seed)
         prepared = prepare_data(config, data_dir if data_dir is not None else environment.get("data_dir"))
         if prepared.splits.record() != recorded_splits:
-            raise UserError(f"the data found now differs from the data {run.path} was trained on (splits.json): pass the same --data-dir")
+            raise UserError(
+                f"the data found now differs from the data {run.path} "
+                "was trained on (splits.json): pass the same --data-dir"
+            )
         with distribution.scope():
             model = _compiled_model(training_config, prepared)
         position = restored.position
         steps = prepared.steps_per_epoch(training_config.data.batch_size)
         stage = f" (stage {position.stage})" if config.model.backbone else ""
-        print(f"resuming {run.path} at epoch {position.epoch + 1}, batch {position.batch + 1} of {steps}{stage}, from {checkpoint_path.name}", file=sys.stderr)
+        print(
+            f"resuming {run.path} at epoch {position.epoch + 1}, batch "
+            f"{position.batch + 1} of {steps}{stage}, from {checkpoint_path.name}",
+            file=sys.stderr,
+        )
         # Rows of epochs the checkpoint had not finished are logged again by the resumed run.
         truncate_history(run.file("history.csv"), position.epoch)
         run.set_status("running")
-        return _train_and_finish(run, training_config, prepared, model, show_progress, distribution, resume_from=(checkpoint_path, restored))
+        return _train_and_finish(
+            run, training_config, prepared, model, show_progress, distribution, resume_from=(checkpoint_path, restored)
+        )
 
 
 def _recorded_config(run: RunDirectory) -> Config:
@@ -115,7 +126,10 @@ def _recorded_config(run: RunDirectory) -> Config:
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise UserError(f"{run.file('config.json')} is not a config kcv fit wrote ({type(error).__name__}: {error}): this run cannot be resumed") from error
+        raise UserError(
+            f"{run.file('config.json')} is not a config kcv fit wrote "
+            f"({type(error).__name__}: {error}): this run cannot be resumed"
+        ) from error
 
 
 def restart_command(run: RunDirectory, environment: dict) -> str:
@@ -134,8 +148,10 @@ def _resumable_training_config(run: RunDirectory, config: Config, environment: d
     recorded_batch = environment.get("global_batch_size", training_config.data.batch_size)
     if training_config.data.batch_size != recorded_batch:
         raise UserError(
-            f"{run.path} trained with a global batch of {recorded_batch} ({environment.get('replicas')} replicas x {config.data.batch_size}) "
-            f"but {distribution.replicas} replicas now give {training_config.data.batch_size}: resume it on {environment.get('replicas')} devices"
+            f"{run.path} trained with a global batch of {recorded_batch} "
+            f"({environment.get('replicas')} replicas x {config.data.batch_size}) "
+            f"but {distribution.replicas} replicas now give {training_config.data.batch_size}: "
+            f"resume it on {environment.get('replicas')} devices"
         )
     return training_config
 
@@ -167,16 +183,22 @@ def compile_model(model, config: Config, prepared: PreparedData, train_config: T
 
 
 def _train_and_finish(
-    run: RunDirectory, config: Config, prepared: PreparedData, model, show_progress: bool, distribution, resume_from=None,
+    run: RunDirectory,
+    config: Config,
+    prepared: PreparedData,
+    model,
+    show_progress: bool,
+    distribution,
+    resume_from=None,
 ) -> RunDirectory:
-    import keras
-
     from kerascv_app.train.checkpoint import LossNotFinite
 
     validation_dataset = evaluation_dataset(prepared, config, "validation")
     if validation_dataset is not None:
         validation_dataset = distribution.adapt_dataset(validation_dataset, config.data.batch_size)
-    train_epochs = _epoch_trainer(run, config, prepared, model, show_progress, distribution, validation_dataset, resume_from)
+    train_epochs = _epoch_trainer(
+        run, config, prepared, model, show_progress, distribution, validation_dataset, resume_from
+    )
     with run.marking_failures():
         # Everything after training too: a failure while saving or evaluating marks the run
         # failed (with its reason), so that export and ensembles never take its model.keras.
@@ -184,37 +206,42 @@ def _train_and_finish(
             if config.model.backbone:
                 from kerascv_app.train.stages import fit_in_stages
 
-                fit_in_stages(model, config, prepared, train_epochs, compile_model=compile_model, distribution_scope=distribution.scope, resume_from=resume_from)
+                fit_in_stages(
+                    model,
+                    config,
+                    prepared,
+                    train_epochs,
+                    compile_model=compile_model,
+                    distribution_scope=distribution.scope,
+                    resume_from=resume_from,
+                )
             else:
                 train_epochs(1, 0, config.train.epochs)
         except LossNotFinite as error:
             run.set_status("failed", reason=str(error))
             raise UserError(
-                f"{error}: {run.path} is marked failed. Train it again with other settings, e.g. a lower train.learning_rate, "
-                f"train.clip_norm or train.precision=float32: kcv fit {run.file('recipe.py')} --set train.learning_rate=..."
+                f"{error}: {run.path} is marked failed. Train it again "
+                "with other settings, e.g. a lower train.learning_rate, "
+                "train.clip_norm or train.precision=float32: kcv fit "
+                f"{run.file('recipe.py')} --set train.learning_rate=..."
             ) from None
         best_path = run.file("best.weights.h5")
         if config.train.keep_best and best_path.is_file():
             model.load_weights(best_path)
-        model.save(run.model_path)
-        ModelDirectory(
-            path=run.path, kind="run", class_names=tuple(prepared.class_names), image_size=config.data.image_size,
-            channels=config.data.channels, precision=config.train.precision, backend=keras.backend.backend(),
-        ).write()
-        from kerascv_app.evaluate.evaluate import write_evaluation
-
-        _deduplicate_history(run.file("history.csv"))
-        metrics = write_evaluation(run, model, prepared, config)
-        report_undecodable_files(run, prepared)
-        _remove_tree(run.backup_dir)
-        from kerascv_app.report import write_report_quietly  # report.html: the parts that need no images; never fails the run
-
-        write_report_quietly(run.path)
-        run.set_status("finished", finished=_now(), test_accuracy=metrics["test"].get("accuracy"))
+        finish_run(run, model, config, prepared)
     return run
 
 
-def _epoch_trainer(run, config: Config, prepared: PreparedData, model, show_progress: bool, distribution, validation_dataset, resume_from):
+def _epoch_trainer(
+    run,
+    config: Config,
+    prepared: PreparedData,
+    model,
+    show_progress: bool,
+    distribution,
+    validation_dataset,
+    resume_from,
+):
     """``train_epochs(stage, first_epoch, end_epoch)``: trains a stage's epochs with model.fit,
     from the checkpoint ``resume_from`` when it lies in that stage (the model compiled for
     the stage by then), writing checkpoints as it goes."""
@@ -263,14 +290,21 @@ def _epoch_trainer(run, config: Config, prepared: PreparedData, model, show_prog
             for callback in [checkpoint, *per_fit]:
                 callback.start_fit(skip)
             progress = [_progress(config, prepared, end_epoch, stage_name, skip)] if show_progress else []
-            dataset = distribution.adapt_dataset(training_epochs(prepared, config, first, end, skip), config.data.batch_size)
+            dataset = distribution.adapt_dataset(
+                training_epochs(prepared, config, first, end, skip), config.data.batch_size
+            )
             # Keras swaps the EMA into the weights at the end of every fit; only the last fit
             # of a stage may, or the rest of the stage would train from the average.
             last = index == len(fits) - 1
             with contextlib.nullcontext() if last else _no_ema_finalize(model):
                 model.fit(
-                    dataset, validation_data=validation_dataset, initial_epoch=first, epochs=end, steps_per_epoch=steps - skip,
-                    callbacks=[*all_callbacks, *progress, *_kill_switch()], verbose=0,
+                    dataset,
+                    validation_data=validation_dataset,
+                    initial_epoch=first,
+                    epochs=end,
+                    steps_per_epoch=steps - skip,
+                    callbacks=[*all_callbacks, *progress, *faults.kill_after_epoch_callbacks()],
+                    verbose=0,
                     # The dataset is already shuffled by tf.data; Keras cannot shuffle a dataset.
                     shuffle=False,
                 )
@@ -318,9 +352,13 @@ def _callbacks(run: RunDirectory, config: Config, prepared: PreparedData, has_va
     ]
     stateful = {}
     if config.train.keep_best:
-        stateful["best_weights"] = BestWeights(run.file("best.weights.h5"), monitor_accuracy, use_ema=bool(config.train.ema))
+        stateful["best_weights"] = BestWeights(
+            run.file("best.weights.h5"), monitor_accuracy, use_ema=bool(config.train.ema)
+        )
     if config.train.early_stopping_patience:
-        stateful["early_stopping"] = ResumableEarlyStopping(monitor=monitor_loss, patience=config.train.early_stopping_patience)
+        stateful["early_stopping"] = ResumableEarlyStopping(
+            monitor=monitor_loss, patience=config.train.early_stopping_patience
+        )
     return callbacks + list(stateful.values()), stateful, [non_finite]
 
 
@@ -330,7 +368,9 @@ def _progress(config: Config, prepared: PreparedData, total_epochs: int, stage_n
 
     from kerascv_app.train.progress import RichProgress, progress_callback
 
-    display = progress_callback(total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name)
+    display = progress_callback(
+        total_epochs, prepared.steps_per_epoch(config.data.batch_size), config.data.batch_size, stage=stage_name
+    )
 
     class ResumedProgress(keras.callbacks.Callback):
         """The display, told batch numbers counted from the epoch's start, not the fit's."""
@@ -366,46 +406,11 @@ def _progress(config: Config, prepared: PreparedData, total_epochs: int, stage_n
     return ResumedProgress()
 
 
-def _kill_switch() -> list:
-    kill_after = os.environ.get(KILL_AFTER_EPOCH_VARIABLE)
-    return [_kill_after_epoch(int(kill_after))] if kill_after else []
-
-
-def _kill_after_epoch(epoch_number: int):
-    """A callback that dies like a killed process (SIGKILL, no clean-up): for resume tests."""
-    import keras
-
-    class KillAfterEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == epoch_number:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return KillAfterEpoch()
-
-
-def _deduplicate_history(path: Path) -> None:
-    """Keeps the last row of each epoch: a killed run may have logged an epoch it redoes."""
-    if not path.is_file():
-        return
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
-    by_epoch = {row["epoch"]: row for row in rows}
-    ordered = [by_epoch[epoch] for epoch in sorted(by_epoch, key=int)]
-    temporary = path.with_name(".history.csv.tmp")
-    with temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(ordered)
-    os.replace(temporary, path)
-
-
 def environment_record(config: Config, backend: str, distribution, prepared: PreparedData, data_dir) -> dict:
     # distribution, replicas, workers, worker_index, global_batch_size, learning_rate
-    record = runs_module.environment_record(config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config))
+    record = runs_module.environment_record(
+        config, backend, backend_module.devices(), prepared, data_dir, distribution.record(config)
+    )
     if prepared.cache is not None:
         record["data_cache"] = prepared.cache.record()
     return record
@@ -414,15 +419,3 @@ def environment_record(config: Config, backend: str, distribution, prepared: Pre
 def _say(line: str) -> None:
     """kcv's own start-up lines go to stderr: stdout holds the epochs and the summary."""
     print(line, file=sys.stderr, flush=True)
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _now() -> str:
-    import datetime
-
-    return datetime.datetime.now().isoformat(timespec="seconds")

@@ -32,7 +32,11 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < rise_steps, rise_value, fall_value)
 
     def get_config(self):
-        return {"peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps, "rise_fraction": self.rise_fraction}
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "total_steps": self.total_steps,
+            "rise_fraction": self.rise_fraction,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerascv_app")
@@ -40,7 +44,14 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """airbench's triangle: a linear rise from ``start_factor`` x peak at step 0 to the peak
     at ``warmup_steps``, then a linear fall to ``end_factor`` x peak at ``total_steps``."""
 
-    def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int, start_factor: float = 0.2, end_factor: float = 0.07):
+    def __init__(
+        self,
+        peak_learning_rate: float,
+        total_steps: int,
+        warmup_steps: int,
+        start_factor: float = 0.2,
+        end_factor: float = 0.07,
+    ):
         self.peak_learning_rate = peak_learning_rate
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
@@ -57,8 +68,11 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {
-            "peak_learning_rate": self.peak_learning_rate, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-            "start_factor": self.start_factor, "end_factor": self.end_factor,
+            "peak_learning_rate": self.peak_learning_rate,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "start_factor": self.start_factor,
+            "end_factor": self.end_factor,
         }
 
 
@@ -73,8 +87,10 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
         return LinearWarmupDecay(config.learning_rate, total_steps, warmup_steps)
     if warmup_steps:
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0, decay_steps=max(1, total_steps - warmup_steps),
-            warmup_target=config.learning_rate, warmup_steps=warmup_steps,
+            initial_learning_rate=0.0,
+            decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=config.learning_rate,
+            warmup_steps=warmup_steps,
         )
     return keras.optimizers.schedules.CosineDecay(initial_learning_rate=config.learning_rate, decay_steps=total_steps)
 
@@ -87,11 +103,17 @@ def create_optimizer(config: TrainConfig, steps_per_epoch: int):
     options = {
         "use_ema": config.ema > 0,
         "ema_momentum": config.ema or 0.99,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps if config.gradient_accumulation_steps > 1 else None,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps
+        if config.gradient_accumulation_steps > 1
+        else None,
         "global_clipnorm": config.clip_norm or None,
     }
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **options)
     return keras.optimizers.SGD(
-        learning_rate=learning_rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=weight_decay, **options
+        learning_rate=learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=weight_decay,
+        **options,
     )

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-def progress_callback(total_epochs: int, steps_per_epoch: int, batch_size: int, stage: str = "", stream=None) -> keras.callbacks.Callback:
+def progress_callback(
+    total_epochs: int, steps_per_epoch: int, batch_size: int, stage: str = "", stream=None
+) -> keras.callbacks.Callback:
     """Rich bars (on stderr) when both stdout and stderr are terminals, else :class:`PlainProgress` on stdout."""
     stream = stream or sys.stdout
     if _is_terminal(stream) and _is_terminal(sys.stderr):
@@ -55,14 +57,19 @@ class PlainProgress(keras.callbacks.Callback):
         seconds = float(logs.get("epoch_seconds", max(time.perf_counter() - self._epoch_start, 1e-9)))
         # EpochTimer (before this callback) counts the split's real images, last batch included.
         images_per_second = float(logs.get("images_per_second", self._batches * self.batch_size / seconds))
-        line = f"{self.stage}epoch {epoch + 1}/{self.total_epochs}  {_format(logs)}  {seconds:.1f} s  {images_per_second:,.0f} img/s"
+        line = (
+            f"{self.stage}epoch {epoch + 1}/{self.total_epochs}  "
+            f"{_format(logs)}  {seconds:.1f} s  {images_per_second:,.0f} img/s"
+        )
         print(line, file=self.stream, flush=True)
 
 
 class RichProgress(keras.callbacks.Callback):
     """Replaces Keras's default progress bar (``fit(verbose=0)``)."""
 
-    def __init__(self, total_epochs: int, steps_per_epoch: int, batch_size: int, console: Console | None = None, stage: str = ""):
+    def __init__(
+        self, total_epochs: int, steps_per_epoch: int, batch_size: int, console: Console | None = None, stage: str = ""
+    ):
         super().__init__()
         self.total_epochs = total_epochs
         self.steps_per_epoch = steps_per_epoch
@@ -92,17 +99,23 @@ class RichProgress(keras.callbacks.Callback):
         self._epoch_start = time.perf_counter()
         # BackupAndRestore may start at a later epoch: show where we really are.
         self.progress.update(self._epoch_task, completed=epoch)
-        self.progress.reset(self._batch_task, total=self.steps_per_epoch, description=f"epoch {epoch + 1}/{self.total_epochs}", stats="")
+        self.progress.reset(
+            self._batch_task, total=self.steps_per_epoch, description=f"epoch {epoch + 1}/{self.total_epochs}", stats=""
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
         elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
         images_per_second = (batch + 1) * self.batch_size / elapsed
-        self.progress.update(self._batch_task, completed=batch + 1, stats=f"{_format(logs)}  {images_per_second:,.0f} img/s")
+        self.progress.update(
+            self._batch_task, completed=batch + 1, stats=f"{_format(logs)}  {images_per_second:,.0f} img/s"
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._epoch_start
-        self.progress.update(self._epoch_task, completed=epoch + 1, stats=f"{_format(logs or {})}  {seconds:.1f}s/epoch")
+        self.progress.update(
+            self._epoch_task, completed=epoch + 1, stats=f"{_format(logs or {})}  {seconds:.1f}s/epoch"
+        )
 
     def on_train_end(self, logs=None):
         self.progress.stop()

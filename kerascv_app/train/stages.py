@@ -22,7 +22,7 @@ stage: with a stage 2, the weights kept are those of its best validation epoch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 
@@ -79,4 +79,6 @@ def fit_in_stages(
 def fine_tune_settings(train: TrainConfig) -> TrainConfig:
     """Stage 2's optimizer settings: the recipe's optimizer and schedule, over stage 2's epochs
     at the fine-tuning rate; no warm-up, since the head is already trained."""
-    return dataclasses.replace(train, epochs=train.fine_tune_epochs, learning_rate=train.fine_tune_learning_rate, warmup_epochs=0.0)
+    return dataclasses.replace(
+        train, epochs=train.fine_tune_epochs, learning_rate=train.fine_tune_learning_rate, warmup_epochs=0.0
+    )

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from kcv_testing import BACKEND, REPO_ROOT, run_kcv
 
 from kerascv_app.config import Config, DataConfig
@@ -17,7 +16,15 @@ from kerascv_app.errors import UserError
 def digits_config(cache: str) -> Config:
     # Caps make the training split larger than the others: a split reading another's cache shows in its count.
     return Config(name="digits_cache").with_overrides(
-        ["data.image_size=8,8", "data.channels=1", "data.max_train=200", "data.max_eval=60", "data.batch_size=64", "train.epochs=1", f"data.cache={cache}"]
+        [
+            "data.image_size=8,8",
+            "data.channels=1",
+            "data.max_train=200",
+            "data.max_eval=60",
+            "data.batch_size=64",
+            "train.epochs=1",
+            f"data.cache={cache}",
+        ]
     )
 
 
@@ -37,7 +44,9 @@ def test_every_cache_setting_evaluates_the_splits_recorded_in_splits_json(tmp_pa
     for split_name, file_name in (("validation", "val"), ("test", "test")):
         assert metrics[split_name]["count"] == splits[split_name], split_name
         predictions = np.load(run.file(f"predictions/{file_name}.npz"))
-        np.testing.assert_array_equal(predictions["labels"], getattr(prepared.splits, split_name).labels, err_msg=split_name)
+        np.testing.assert_array_equal(
+            predictions["labels"], getattr(prepared.splits, split_name).labels, err_msg=split_name
+        )
     recorded = json.loads(run.file("environment.json").read_text())["data_cache"]
     assert recorded["setting"] == setting and recorded["reason"]
     if cache == "path":
@@ -60,17 +69,31 @@ def test_a_cache_path_in_a_missing_folder_is_refused_before_the_run_exists(tmp_p
     from kerascv_app.train.fit import fit
 
     with pytest.raises(UserError, match="does not exist"):
-        fit(digits_config(str(tmp_path / "missing" / "x")), "", BACKEND, runs_dir=tmp_path / "runs", show_progress=False)
+        fit(
+            digits_config(str(tmp_path / "missing" / "x")), "", BACKEND, runs_dir=tmp_path / "runs", show_progress=False
+        )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+# The cache files are tf.data's under every backend; resuming under jax and torch: tests/test_resume.py.
+@pytest.mark.backends("tensorflow")
 def test_a_file_cache_left_half_written_by_a_kill_does_not_block_the_resume(tmp_path):
     import glob
 
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     cache.mkdir()
     # A small shuffle buffer, so that the cache fills as training reads it, not all at once.
-    settings = ("--set", "train.epochs=2", "--set", "data.shuffle_buffer=32", "--set", f"data.cache={cache}/digits", "--quiet", "--runs-dir", runs)
+    settings = (
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.shuffle_buffer=32",
+        "--set",
+        f"data.cache={cache}/digits",
+        "--quiet",
+        "--runs-dir",
+        runs,
+    )
     # Killed after two batches of the first epoch: the training split's cache is half written,
     # and TensorFlow's lockfile for it is left behind.
     killed = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", *settings, env={"KCV_KILL_AT": "0:2"})

@@ -41,7 +41,10 @@ def cifar100_files() -> dict[str, dict]:
     return {
         "train": batch(1, 7, labels),
         "test": batch(2, 4, labels),
-        "meta": {b"fine_label_names": [b"class%d" % number for number in range(100)], b"coarse_label_names": [b"super%d" % n for n in range(20)]},
+        "meta": {
+            b"fine_label_names": [b"class%d" % number for number in range(100)],
+            b"coarse_label_names": [b"super%d" % n for n in range(20)],
+        },
     }
 
 

@@ -7,9 +7,8 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from kcv_testing import REPO_ROOT, assert_one_line_error, run_kcv, write_fashion_mnist
+from PIL import Image
 
 from kerascv_app.data.sources import detect_format, load_source, resolve_data_option
 from kerascv_app.errors import UserError
@@ -61,7 +60,7 @@ def test_idx_files_and_fashion_mnist_for_a_fashion_recipe(tmp_path):
 
 
 def test_a_kcv_convert_folder(photos, tmp_path):
-    from kerascv_app.data.tfrecord import convert
+    from kerascv_app.data.convert import convert
 
     convert(f"folder:{photos}", tmp_path / "shards", show_progress=False)
     assert detect_format(tmp_path / "shards").source == f"tfrecord:{tmp_path / 'shards'}"
@@ -88,7 +87,13 @@ def test_source_spellings_pass_through_unchanged(tmp_path, monkeypatch):
 def test_unknown_ambiguous_and_missing_paths_get_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match=r"holds no dataset kcv can read \(found empty/, notes.txt\); it needs one of: a CIFAR python archive.*class-per-folder.*IDX.*kcv convert.*TFDS"):
+    with pytest.raises(
+        UserError,
+        match=(
+            r"holds no dataset kcv can read \(found empty/, notes.txt\); it needs one of: a CIFAR python "
+            r"archive.*class-per-folder.*IDX.*kcv convert.*TFDS"
+        ),
+    ):
         detect_format(tmp_path)
     with pytest.raises(UserError, match="it is empty"):
         detect_format(tmp_path / "empty")
@@ -96,7 +101,9 @@ def test_unknown_ambiguous_and_missing_paths_get_one_line(tmp_path):
         detect_format(tmp_path / "notes.txt")
     write_fashion_mnist(tmp_path / "both", train_per_class=1, test_per_class=1)
     (tmp_path / "both" / "batches.meta").write_bytes(b"")
-    with pytest.raises(UserError, match=r"more than one dataset format: cifar10 python batches .*; IDX files .*--data kind:PATH"):
+    with pytest.raises(
+        UserError, match=r"more than one dataset format: cifar10 python batches .*; IDX files .*--data kind:PATH"
+    ):
         detect_format(tmp_path / "both")
     with pytest.raises(UserError, match="no such file or folder"):
         resolve_data_option(str(tmp_path / "nowhere"))
@@ -106,13 +113,27 @@ def test_any_recipe_trains_on_a_users_photo_folder_with_one_flag(tmp_path):
     photos = write_photos(tmp_path / "my_photos")
     # A file that is not an image: skipped, and said in the summary at the end.
     (photos / "owl" / "broken.jpg").write_bytes(b"not a JPEG at all" * 20)
-    result = run_kcv("fit", REPO_ROOT / "recipes" / "cifar10_baseline.py", "--data", photos, "--smoke", "--quiet", "--runs-dir", tmp_path / "runs")
+    result = run_kcv(
+        "fit",
+        REPO_ROOT / "recipes" / "cifar10_baseline.py",
+        "--data",
+        photos,
+        "--smoke",
+        "--quiet",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
-    assert f"  skipped    1 unreadable image file(s), listed in {run_dir / 'environment.json'}" in result.stdout.splitlines(), result.stdout
+    assert (
+        f"  skipped    1 unreadable image file(s), listed in {run_dir / 'environment.json'}"
+        in result.stdout.splitlines()
+    ), result.stdout
     config = json.loads((run_dir / "config.json").read_text())
     assert config["data"]["source"] == f"folder:{photos}" and config["model"]["name"] == "seed_cnn"
     assert json.loads((run_dir / "environment.json").read_text())["class_names"] == ["cat", "dog", "owl"]
-    refused = run_kcv("fit", REPO_ROOT / "recipes" / "digits.py", "--data", tmp_path / "nowhere", "--runs-dir", tmp_path / "runs2")
+    refused = run_kcv(
+        "fit", REPO_ROOT / "recipes" / "digits.py", "--data", tmp_path / "nowhere", "--runs-dir", tmp_path / "runs2"
+    )
     assert_one_line_error(refused, "--data", "no such file or folder")
     assert not (tmp_path / "runs2").exists()

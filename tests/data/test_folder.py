@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from kcv_testing import CIFAR10_JPEG, NO_CIFAR10_JPEG
+from PIL import Image
 
 from kerascv_app.data.folder import check_image_file, load_image_folder
 from kerascv_app.data.sources import load_source
@@ -79,7 +78,9 @@ def test_loads_train_and_test_and_skips_broken_files(tmp_path, capsys):
     assert sorted(Path(path).name for path in data.skipped) == ["garbage.jpg", "truncated.jpg"]
     warning = capsys.readouterr().err
     assert warning.count("warning:") == 1
-    assert "skipped 2" in warning and "truncated.jpg (truncated JPEG" in warning and "garbage.jpg (not a JPEG" in warning
+    assert (
+        "skipped 2" in warning and "truncated.jpg (truncated JPEG" in warning and "garbage.jpg (not a JPEG" in warning
+    )
     assert not any(path.endswith((".txt", ".DS_Store")) for path in data.train.paths)
 
 
@@ -226,7 +227,9 @@ def test_archive_members_outside_the_target_are_refused(tmp_path, cache_dir, mem
     archive = malicious_tar(tmp_path / "work" / "bad.tar.gz", member_name, link_target)
     with pytest.raises(UserError, match=re.escape(f"member '{member_name}' {complaint}")):
         load_image_folder(archive)
-    assert not any(path.exists() for path in (tmp_path / "evil", tmp_path / "work" / "evil", Path("/tmp/kcv-test-evil-absolute")))
+    assert not any(
+        path.exists() for path in (tmp_path / "evil", tmp_path / "work" / "evil", Path("/tmp/kcv-test-evil-absolute"))
+    )
     assert list((cache_dir / "extracted").iterdir()) == []  # the half-done extraction is gone
 
 
@@ -260,7 +263,10 @@ def test_integrity_check_reads_signatures_and_trailers(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
 
-    problems = {path.name: check_image_file(str(path))[1] for path in (jpeg, padded, png, cut_png, bmp, cut_bmp, gif, cut_gif, empty)}
+    problems = {
+        path.name: check_image_file(str(path))[1]
+        for path in (jpeg, padded, png, cut_png, bmp, cut_bmp, gif, cut_gif, empty)
+    }
     assert problems == {
         "a.jpg": None,
         "padded.jpg": None,

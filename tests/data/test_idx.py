@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from kcv_testing import write_fashion_mnist, write_idx, write_idx_split
 
 from kerascv_app.data import idx

@@ -26,7 +26,9 @@ class TinyColours(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(names=COLOURS)})
+        features = tfds.features.FeaturesDict(
+            {"image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(names=COLOURS)}
+        )
         return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
 
     def _split_generators(self, dl_manager):

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kcv_testing import assert_one_line_error, run_kcv
 from PIL import Image
 
-from kcv_testing import assert_one_line_error, run_kcv
 from kerascv_app.config import DataConfig
 from kerascv_app.data.base import select_classes
+from kerascv_app.data.convert import convert
 from kerascv_app.data.pipeline import make_dataset
 from kerascv_app.data.sources import load_source
-from kerascv_app.data.tfrecord import KILL_AFTER_RECORDS_VARIABLE, METADATA_FILE, PLAN_FILE, convert, load_tfrecord
+from kerascv_app.data.tfrecord import METADATA_FILE, PLAN_FILE, load_tfrecord
 from kerascv_app.errors import UserError
+from kerascv_app.faults import KILL_AFTER_RECORDS_VARIABLE
 
 COLOURS = {"blue": 2, "green": 1, "red": 0}  # class folder -> the channel its images light up
 TRAIN_PER_CLASS, TEST_PER_CLASS = 5, 2
@@ -65,40 +67,57 @@ def read_records(path: Path) -> list[dict]:
     for serialized in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
         example = tf.train.Example.FromString(serialized)
         features = example.features.feature
-        records.append({
-            "image": features["image/encoded"].bytes_list.value[0],
-            "label": features["image/class/label"].int64_list.value[0],
-            "index": features["image/index"].int64_list.value[0],
-        })
+        records.append(
+            {
+                "image": features["image/encoded"].bytes_list.value[0],
+                "label": features["image/class/label"].int64_list.value[0],
+                "index": features["image/index"].int64_list.value[0],
+            }
+        )
     return records
 
 
 def stream(split, batch_size: int = 64, training: bool = False, image_size=(8, 8), channels: int = 1):
     """(uint8 images, labels) of a split through the real pipeline, cache off."""
     config = DataConfig(image_size=image_size, channels=channels, batch_size=batch_size, cache="none")
-    batches = list(make_dataset(split, max(split.labels, default=0) + 1, config, training=training, seed=3).as_numpy_iterator())
-    return np.concatenate([images for images, _ in batches]), np.concatenate([labels.argmax(axis=1) for _, labels in batches])
+    batches = list(
+        make_dataset(split, max(split.labels, default=0) + 1, config, training=training, seed=3).as_numpy_iterator()
+    )
+    return np.concatenate([images for images, _ in batches]), np.concatenate(
+        [labels.argmax(axis=1) for _, labels in batches]
+    )
 
 
 def test_convert_copies_the_files_bytes_and_describes_them_in_metadata(colour_folder, colour_records):
     metadata = json.loads((colour_records / METADATA_FILE).read_text())
     assert metadata["format"] == "kerascv_app.tfrecord" and metadata["version"] == 1
     assert metadata["class_names"] == ["blue", "green", "red"]
-    assert metadata["source"] == f"folder:{colour_folder}" and metadata["fingerprint"] and metadata["source_fingerprint"]
+    assert (
+        metadata["source"] == f"folder:{colour_folder}" and metadata["fingerprint"] and metadata["source_fingerprint"]
+    )
     assert not (colour_records / PLAN_FILE).exists()
     for split_name, per_class, shard_count in (("train", TRAIN_PER_CLASS, 3), ("test", TEST_PER_CLASS, 1)):
         record = metadata["splits"][split_name]
         assert record["count"] == 3 * per_class and record["class_counts"] == [per_class] * 3
-        assert [shard["file"] for shard in record["shards"]] == [f"{split_name}-{n:05d}-of-{shard_count:05d}.tfrecord" for n in range(shard_count)]
+        assert [shard["file"] for shard in record["shards"]] == [
+            f"{split_name}-{n:05d}-of-{shard_count:05d}.tfrecord" for n in range(shard_count)
+        ]
         records = [entry for shard in record["shards"] for entry in read_records(colour_records / shard["file"])]
-        assert [len(read_records(colour_records / shard["file"])) for shard in record["shards"]] == [shard["count"] for shard in record["shards"]]
+        assert [len(read_records(colour_records / shard["file"])) for shard in record["shards"]] == [
+            shard["count"] for shard in record["shards"]
+        ]
         # Files are stored as they were, byte for byte: no re-encoding.
-        originals = {path.read_bytes(): metadata["class_names"].index(path.parent.name) for path in (colour_folder / split_name).rglob("*.*")}
+        originals = {
+            path.read_bytes(): metadata["class_names"].index(path.parent.name)
+            for path in (colour_folder / split_name).rglob("*.*")
+        }
         assert sorted(entry["image"] for entry in records) == sorted(originals)
         assert all(entry["label"] == originals[entry["image"]] for entry in records)
         # Positions run 0..n-1 in stored order, and the labels file follows that order.
         assert [entry["index"] for entry in records] == list(range(len(records)))
-        np.testing.assert_array_equal(np.load(colour_records / record["labels_file"]), [entry["label"] for entry in records])
+        np.testing.assert_array_equal(
+            np.load(colour_records / record["labels_file"]), [entry["label"] for entry in records]
+        )
 
 
 def test_the_training_split_is_stored_shuffled(colour_records):
@@ -137,7 +156,9 @@ def test_training_reads_every_image_once_in_a_seeded_order_that_changes_each_epo
     evaluation_images, evaluation_labels = stream(split)
     training_images, training_labels = stream(split, training=True)
     # Each image once, with its own label, whatever the order.
-    assert image_label_pairs(training_images, training_labels) == image_label_pairs(evaluation_images, evaluation_labels)
+    assert image_label_pairs(training_images, training_labels) == image_label_pairs(
+        evaluation_images, evaluation_labels
+    )
 
 
 def image_label_pairs(images: np.ndarray, labels: np.ndarray) -> list:
@@ -163,7 +184,17 @@ def test_subsets_and_chosen_classes_stream_only_their_records(digits_records):
 def test_a_killed_conversion_resumes_and_keeps_its_finished_shards(colour_folder, tmp_path):
     destination = tmp_path / "records"
     # Six training shards of 2 or 3 images, written one at a time; killed inside the third.
-    arguments = ("convert", f"folder:{colour_folder}", "--to", destination, "--shards", "6", "--workers", "1", "--quiet")
+    arguments = (
+        "convert",
+        f"folder:{colour_folder}",
+        "--to",
+        destination,
+        "--shards",
+        "6",
+        "--workers",
+        "1",
+        "--quiet",
+    )
     killed = run_kcv(*arguments, env={KILL_AFTER_RECORDS_VARIABLE: "7"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (destination / METADATA_FILE).exists() and (destination / PLAN_FILE).is_file()
@@ -186,7 +217,9 @@ def test_a_killed_conversion_resumes_and_keeps_its_finished_shards(colour_folder
     images, labels = stream(data.train, image_size=(6, 6), channels=3)
     # Each image shows its class: the brightest channel of a red image is red.
     channel_of_class = [COLOURS[name] for name in data.class_names]
-    assert [channel_of_class[label] for label in labels] == list(images.reshape(len(images), -1, 3).mean(axis=1).argmax(axis=1))
+    assert [channel_of_class[label] for label in labels] == list(
+        images.reshape(len(images), -1, 3).mean(axis=1).argmax(axis=1)
+    )
 
     # Once finished, the same conversion has nothing left to write.
     again = convert(f"folder:{colour_folder}", destination, shards=6, workers=1, show_progress=False)

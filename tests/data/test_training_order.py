@@ -22,7 +22,13 @@ def class_sorted_labels() -> np.ndarray:
 def stream(split, seed: int, epochs: int = 1) -> list[list]:
     """Each epoch's sequence of (id, label) pairs, as training reads them."""
     dataset = split.to_training_dataset(seed)
-    return [[(element.tobytes() if hasattr(element, "tobytes") else element, int(label)) for element, label in dataset.as_numpy_iterator()] for _ in range(epochs)]
+    return [
+        [
+            (element.tobytes() if hasattr(element, "tobytes") else element, int(label))
+            for element, label in dataset.as_numpy_iterator()
+        ]
+        for _ in range(epochs)
+    ]
 
 
 def assert_mixed_complete_and_seeded(split, make_split):
