@@ -22,18 +22,19 @@ from kcv_testing import (
 def pytest_collection_modifyitems(config, items):
     """Deselects (and counts as such, never skips) what the backend under test need not run:
 
-    - under tensorflow, the tests of a path that must run without TensorFlow
-      (other_backend_than_tensorflow);
     - under jax and torch, the tests that never touch a Keras backend (backend_independent):
       the tensorflow run already ran them, and they would run the same code again;
-    - the slowest tests that run under only some backends (backends("tensorflow", ...)): their
-      part that depends on the backend is covered under the others by a test named beside the mark.
+    - the slow tests that run under only some backends (backends("tensorflow", ...)): their part
+      that depends on the backend is covered under the others by a test named beside the mark.
+      CI runs the suite three times on two cores: a workflow whose steps are each tested under
+      every backend (fit, evaluate, export...) is walked through end to end under one.
     """
-    marker = "other_backend_than_tensorflow" if BACKEND == "tensorflow" else "backend_independent"
 
     def deselect(item) -> bool:
+        if BACKEND != "tensorflow" and item.get_closest_marker("backend_independent") is not None:
+            return True
         only = item.get_closest_marker("backends")
-        return item.get_closest_marker(marker) is not None or (only is not None and BACKEND not in only.args)
+        return only is not None and BACKEND not in only.args
 
     deselected = [item for item in items if deselect(item)]
     if deselected:

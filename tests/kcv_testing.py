@@ -23,7 +23,7 @@ from kerascv_app.backend import select_backend
 BACKEND = select_backend()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The real datasets beside the checkout; KCV_SHARED_DATA points elsewhere (.ci/run points it at an
-#: empty folder once, to prove that a fresh clone's test run needs none of them).
+#: empty folder for the torch environment, to prove that a fresh clone's test run needs none of them).
 SHARED_DATA = Path(os.environ.get("KCV_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 CIFAR10_JPEG = SHARED_DATA / "cifar10-jpeg.tar.gz"
 NO_CIFAR10_JPEG = f"needs the 19 MB CIFAR-10 JPEG copy, absent from {SHARED_DATA} (KCV_SHARED_DATA)"

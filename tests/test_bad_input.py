@@ -140,6 +140,10 @@ def test_folder_of_only_corrupt_images(tmp_path):
     fit_fails(tmp_path, recipe, fragments=[str(images)])
 
 
+# This test and the next under tensorflow only: images are decoded, skipped and counted by the
+# tf.data pipeline that feeds every backend; the run records them through the lifecycle all
+# runs share (the fast loop's own decoder: tests/test_fast_cifar.py).
+@pytest.mark.backends("tensorflow")
 def test_corrupt_images_among_good_ones_are_skipped_and_named(tmp_path):
     images = tmp_path / "images"
     write_image_tree(images, per_class=10)
@@ -205,6 +209,7 @@ def garble_middle(path):
     raise AssertionError(f"could not garble {path} into an undecodable JPEG")
 
 
+@pytest.mark.backends("tensorflow")
 def test_an_image_that_does_not_decode_mid_training_is_skipped_and_named(tmp_path):
     from PIL import Image
 

@@ -116,8 +116,9 @@ def test_predict_on_onnx_needs_neither_tensorflow_nor_keras(
             assert next(iter(from_onnx[str(path)])) == next(iter(from_run[str(path)])), path
 
 
-# Under torch: the ensemble's combining layers are backend-free; torch runs' ONNX export is tested above.
-@pytest.mark.backends("tensorflow", "jax")
+# Under tensorflow only: the ensemble's combining layers are backend-free; jax and torch runs' ONNX
+# export is tested above.
+@pytest.mark.backends("tensorflow")
 def test_an_ensemble_exports_to_onnx(digits_run, tmp_path):
     from kerascv_app.export.onnx_runtime import OnnxClassifier
     from kerascv_app.export.predict import keras_probabilities
@@ -141,8 +142,9 @@ def test_an_ensemble_exports_to_onnx(digits_run, tmp_path):
     np.testing.assert_allclose(classifier.run(images)["probabilities"], reference, atol=PARITY_TOLERANCE, rtol=0)
 
 
-# Under torch: the parity gate is the same code for every backend; torch runs' ONNX parity is tested above.
-@pytest.mark.backends("tensorflow", "jax")
+# Under tensorflow only: the parity gate is the same code for every backend; jax and torch runs' ONNX
+# parity is tested above.
+@pytest.mark.backends("tensorflow")
 def test_an_onnx_export_that_differs_from_the_keras_model_is_not_published(digits_run, tmp_path):
     result = run_kcv(
         "export",

@@ -464,9 +464,10 @@ def site_packages_without_tensorflow(folder: Path) -> Path:
 
 
 @pytest.mark.shared_data
-# Run by the jax and torch environments; the tensorflow one has no TensorFlow-free backend
-# installed, and deselects it (tests/conftest.py).
-@pytest.mark.other_backend_than_tensorflow
+# Run by the jax environment: which modules the fast path imports does not depend on the backend,
+# and torch trains the fast loop in test_a_short_cpu_run_learns_and_tta_evaluation_agrees. The
+# tensorflow environment has no TensorFlow-free backend installed.
+@pytest.mark.backends("jax")
 def test_the_whole_fast_path_runs_where_tensorflow_is_not_installed(tmp_path):
     """kcv fit, its report.html and its record of files that did not decode, then kcv evaluate."""
     images = coloured_classes(tmp_path / "images", {"train": 24, "test": 12})

@@ -254,6 +254,9 @@ def three_runs(member_runs):
     return member_runs
 
 
+# Where the ensemble tests train the three member runs anyway (tests/test_ensemble.py); the page is
+# written from the runs' records, whatever backend trained them, and jax writes run reports above.
+@pytest.mark.backends("tensorflow", "torch")
 def test_ensemble_report_and_a_comparison(three_runs, tmp_path):
     from kerascv_app.report import write_report
 

@@ -34,11 +34,12 @@ def target_arguments(tmp_path_factory):
     return ["fit", DIGITS, "--quiet", *settings(f"model.backbone=run:{single_run(runs)}", *TARGET_SETTINGS)]
 
 
+# Under jax only. tensorflow and torch kill and resume a transfer run inside stage two in
+# tests/test_transfer.py (test_a_transfer_run_resumes_in_stage_two_and_exports_like_any_run).
 # A known bug: under torch the resumed transfer run's weights differ from the uninterrupted
 # run's (by 4e-5 in one run, and its stage-2 optimizer moments by 1e-2 in another); the cause is
-# not found yet. It ran as a non-strict xfail, which cannot fail and cost 4 minutes of the torch
-# run, so it is deselected there; it passes on tensorflow and jax.
-@pytest.mark.backends("tensorflow", "jax")
+# not found yet.
+@pytest.mark.backends("jax")
 def test_a_transfer_run_killed_inside_stage_one_and_inside_stage_two_ends_with_the_uninterrupted_weights(
     target_arguments, tmp_path
 ):

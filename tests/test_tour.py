@@ -98,7 +98,11 @@ def run_in_process(arguments: list[str]) -> None:
     app(arguments, standalone_mode=False)
 
 
+# Under tensorflow, the backend a fresh `pip install -e .` gets: the page's commands are parsed and
+# dispatched the same way under every backend, and what each command does on jax and torch (fit,
+# evaluate, ensemble, export, predict, report) is tested there by the tests of that command.
 @pytest.mark.shared_data
+@pytest.mark.backends("tensorflow")
 def test_every_quickstart_command_runs_as_written(
     tmp_path, monkeypatch, capsys, cifar10_archive, fashion_mnist_dir, digit_images
 ):

@@ -463,8 +463,11 @@ def test_labelled_per_class_caps_each_class_before_the_validation_split():
 # ---------------------------------------------------------------------------- the shipped experiment
 
 
+# Under tensorflow only: the three recipes chain runs through run:latest, which reads run records;
+# pre-training, transfer and fine-tuning themselves are tested under every backend above.
 @pytest.mark.shared_data
 @pytest.mark.slow
+@pytest.mark.backends("tensorflow")
 @pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=NO_CIFAR10_JPEG)
 def test_the_cifar5_recipes_pretrain_transfer_and_train_from_scratch(tmp_path):
     runs = tmp_path / "runs"

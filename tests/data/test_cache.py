@@ -28,6 +28,9 @@ def digits_config(cache: str) -> Config:
     )
 
 
+# Under tensorflow only: the caches are tf.data's under every backend, which feeds each backend's
+# model the same batches (the backend-dependent part, training on them, is tested everywhere).
+@pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("cache", ["memory", "none", "auto", "path"])
 def test_every_cache_setting_evaluates_the_splits_recorded_in_splits_json(tmp_path, cache):
     from kerascv_app.data.prepare import prepare_data

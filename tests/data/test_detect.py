@@ -109,6 +109,9 @@ def test_unknown_ambiguous_and_missing_paths_get_one_line(tmp_path):
         resolve_data_option(str(tmp_path / "nowhere"))
 
 
+# Under tensorflow only: --data is resolved before a backend is chosen, and every backend trains on
+# class-per-folder trees elsewhere (tests/test_hub.py's recipe test, the fast loop's tests).
+@pytest.mark.backends("tensorflow")
 def test_any_recipe_trains_on_a_users_photo_folder_with_one_flag(tmp_path):
     photos = write_photos(tmp_path / "my_photos")
     # A file that is not an image: skipped, and said in the summary at the end.
