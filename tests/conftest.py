@@ -13,6 +13,7 @@ from kcv_testing import (
     computed_once,
     fit_learning_digits_run,
     fit_member_runs,
+    kcv_in_process,
     run_kcv,
     write_cifar10_python,
     write_fashion_mnist,
@@ -75,7 +76,7 @@ def mixed_bfloat16_run(tmp_path_factory) -> Path:
     test run: the flags are checked on it (test_fit_cli) and it is exported in float32 (test_export)."""
 
     def fit(runs: Path) -> Path:
-        result = run_kcv(
+        result = kcv_in_process(
             "fit",
             REPO_ROOT / "recipes" / "digits.py",
             "--smoke",

@@ -48,10 +48,11 @@ def kcv_in_process(*arguments, cwd: Path | None = None, env: dict | None = None)
     """Runs the command line's entry point (kerascv_app.cli.main) in this process: its exit status,
     stdout and stderr, as run_kcv gives them, without paying a new process's TensorFlow import.
 
-    For commands that stop before a model is built (refusals, listings): a run that trains
-    would leave Keras's global state (dtype policy, seeds) changed behind it, and a
-    kill (KCV_KILL_AT) would end the test process. The tests that check what only a real
-    process shows (exit status -9, a quiet TensorFlow start, a missing backend) keep run_kcv."""
+    Any command whose exit status is not the point, trainings included: each run sets its own
+    precision and seed, and the dtype policy a command leaves behind (a mixed-precision run's)
+    is put back here, so later tests in this process build their models in float32. The tests
+    that check what only a real process shows (a kill (KCV_KILL_AT would end this process), exit
+    status -9, a quiet TensorFlow start, a missing backend, another backend) keep run_kcv."""
     from rich.console import Console
 
     from kerascv_app import cli
@@ -64,6 +65,9 @@ def kcv_in_process(*arguments, cwd: Path | None = None, env: dict | None = None)
     os.environ.update({"KERAS_BACKEND": BACKEND, **{name: str(value) for name, value in (env or {}).items()}})
     sys.argv = ["kcv", *map(str, arguments)]
     returncode = 0
+    # Keras's global dtype policy (Keras's default where Keras is not imported yet: importing it
+    # here would choose the backend before the command does).
+    saved_policy = sys.modules["keras"].config.dtype_policy().name if "keras" in sys.modules else "float32"
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -75,6 +79,8 @@ def kcv_in_process(*arguments, cwd: Path | None = None, env: dict | None = None)
                     exit_request.code if isinstance(exit_request.code, int) else (0 if exit_request.code is None else 1)
                 )
     finally:
+        if "keras" in sys.modules:
+            sys.modules["keras"].config.set_dtype_policy(saved_policy)
         os.chdir(saved_directory)
         os.environ.clear()
         os.environ.update(saved_environment)
@@ -182,7 +188,7 @@ def computed_once(tmp_path_factory, name: str, compute):
 
 
 def fit_learning_digits_run(runs: Path, *arguments) -> Path:
-    result = run_kcv(
+    result = kcv_in_process(
         "fit", REPO_ROOT / "recipes" / "digits.py", *LEARNING_DIGITS_RUN, *arguments, "--runs-dir", runs, "--quiet"
     )
     assert result.returncode == 0, result.stderr
@@ -228,7 +234,9 @@ def fit_member_runs(folder: Path) -> list[Path]:
         (resnet_recipe, []),
     ]
     for seed, (recipe, options) in enumerate(members):
-        result = run_kcv("fit", recipe, "--quiet", "--runs-dir", runs, "--seed", str(seed), *MEMBER_DATA, *options)
+        result = kcv_in_process(
+            "fit", recipe, "--quiet", "--runs-dir", runs, "--seed", str(seed), *MEMBER_DATA, *options
+        )
         assert result.returncode == 0, result.stderr
     # Run names start with the recipe's name: order them by when they started (the
     # timestamp ends the name), as they were trained.

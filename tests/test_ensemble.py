@@ -173,7 +173,7 @@ def test_linear_stacking_matches_scikit_learn_and_evaluates(tmp_path, member_run
     assert set(record["regularisation"]) >= ({"C"} if meta == "logistic" else {"alpha", "inverse_temperature"})
 
     if meta == "logistic":
-        evaluated = run_kcv("evaluate", out, "--json")
+        evaluated = kcv_in_process("evaluate", out, "--json")
         assert evaluated.returncode == 0, evaluated.stderr
         assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kcv_testing import BACKEND, CIFAR10_JPEG, REPO_ROOT, run_kcv
+from kcv_testing import BACKEND, CIFAR10_JPEG, REPO_ROOT, kcv_in_process, run_kcv
 
 # After kcv_testing, which chooses the backend before keras is imported.
 import keras  # isort: skip
@@ -528,8 +528,8 @@ print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules if name.sta
 
 def test_evaluate_tta_works_for_runs_of_the_keras_loop(digits_run):
     """--tta applies to any run: here 8x8 grayscale digits read through tf.data."""
-    plain = run_kcv("evaluate", digits_run, "--json")
-    augmented = run_kcv("evaluate", digits_run, "--tta", "--json")
+    plain = kcv_in_process("evaluate", digits_run, "--json")
+    augmented = kcv_in_process("evaluate", digits_run, "--tta", "--json")
     assert plain.returncode == 0 and augmented.returncode == 0, augmented.stderr
     plain_metrics, augmented_metrics = json.loads(plain.stdout), json.loads(augmented.stdout)
     assert augmented_metrics["count"] == plain_metrics["count"]

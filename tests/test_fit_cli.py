@@ -70,7 +70,7 @@ def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(digits_run)
     with open(run_dir / "history.csv") as handle:
         assert [row["epoch"] for row in csv.DictReader(handle)] == [str(epoch) for epoch in range(8)]
 
-    evaluated = run_kcv("evaluate", run_dir, "--json")
+    evaluated = kcv_in_process("evaluate", run_dir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
 
@@ -103,11 +103,13 @@ def test_fit_digits_writes_a_complete_run_and_evaluate_reproduces_it(digits_run)
 )
 def test_every_recipe_fits_in_smoke_mode(tmp_path, cifar10_archive, fashion_mnist_dir, recipe, extra, num_classes):
     arguments = [str(argument).format(cifar=cifar10_archive, fashion_mnist=fashion_mnist_dir) for argument in extra]
-    result = run_kcv("fit", REPO_ROOT / "recipes" / recipe, "--smoke", "--runs-dir", tmp_path / "runs", *arguments)
+    result = kcv_in_process(
+        "fit", REPO_ROOT / "recipes" / recipe, "--smoke", "--runs-dir", tmp_path / "runs", *arguments
+    )
     assert result.returncode == 0, result.stderr
     run_dir = only_run(tmp_path / "runs")
     assert_complete_run(run_dir, recipe.removesuffix(".py"), num_classes)
-    evaluated = run_kcv("evaluate", run_dir, "--json")
+    evaluated = kcv_in_process("evaluate", run_dir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
 
 
@@ -184,7 +186,7 @@ def test_precision_and_seed_flags_are_recorded(mixed_bfloat16_run):
     assert environment["precision"] == "mixed_bfloat16" and environment["seed"] == 7
     assert config["train"]["precision"] == "mixed_bfloat16" and config["train"]["seed"] == 7
     # The model reloads under its policy: evaluate gives the recorded accuracy.
-    evaluated = run_kcv("evaluate", run_dir, "--json")
+    evaluated = kcv_in_process("evaluate", run_dir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     recorded = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(recorded, abs=1e-6)

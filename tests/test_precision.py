@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from kcv_testing import BACKEND, REPO_ROOT, run_kcv
+from kcv_testing import BACKEND, REPO_ROOT, kcv_in_process, run_kcv
 
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -109,7 +109,7 @@ def test_a_mixed_float16_run_records_its_policy_and_reloads_under_it(tmp_path):
     (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
     assert json.loads((run_dir / "model.json").read_text())["precision"] == "mixed_float16"
     assert json.loads((run_dir / "environment.json").read_text())["precision"] == "mixed_float16"
-    evaluated = run_kcv("evaluate", run_dir, "--json")
+    evaluated = kcv_in_process("evaluate", run_dir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     test_metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(test_metrics["accuracy"], abs=1e-6)

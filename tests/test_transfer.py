@@ -44,7 +44,7 @@ def rgb_source_run(tmp_path_factory):
     """A finished ResNet-8 run on RGB digits 0-4: the backbone of these tests."""
     runs = tmp_path_factory.mktemp("source_runs")
     overrides = [argument for setting in SOURCE_SETTINGS for argument in ("--set", setting)]
-    result = run_kcv("fit", DIGITS_RECIPE, "--smoke", "--quiet", "--runs-dir", runs, *overrides)
+    result = kcv_in_process("fit", DIGITS_RECIPE, "--smoke", "--quiet", "--runs-dir", runs, *overrides)
     assert result.returncode == 0, result.stderr
     (run_dir,) = [path for path in runs.iterdir() if path.is_dir()]
     return run_dir
