@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,6 +214,20 @@ def test_a_bad_preset_is_refused_in_one_line_while_the_model_is_built(presets, t
     assert "model.backbone" in message and fragment in message and "\n" not in message, message
 
 
+def fit_with_a_hub_preset_name(runs: Path, environment: dict):
+    """kcv fit of the digits recipe on KerasHub's resnet_18_imagenet, in a real process (the
+    environment decides what can be downloaded or imported)."""
+    return run_kcv(
+        "fit",
+        DIGITS_RECIPE,
+        "--smoke",
+        "--runs-dir",
+        runs,
+        *sets("model.backbone=hub:resnet_18_imagenet"),
+        env=environment,
+    )
+
+
 def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_way(tmp_path):
     """Offline: KerasHub's download of a built-in preset fails. The requests go through a proxy
     at a closed local port and the cache is an empty folder, so that this holds online too."""
@@ -228,15 +243,7 @@ def test_a_preset_name_that_cannot_be_downloaded_names_the_cache_and_the_folder_
         "KAGGLEHUB_CACHE": str(cache),
     }
     runs = tmp_path / "runs"
-    result = run_kcv(
-        "fit",
-        DIGITS_RECIPE,
-        "--smoke",
-        "--runs-dir",
-        runs,
-        *sets("model.backbone=hub:resnet_18_imagenet"),
-        env=environment,
-    )
+    result = fit_with_a_hub_preset_name(runs, environment)
     assert_one_line_error(
         result, "cannot download preset 'resnet_18_imagenet'", str(cache), "model.backbone=hub:/path/to/FOLDER"
     )
@@ -249,14 +256,6 @@ def test_without_keras_hub_a_hub_backbone_names_the_install_command(tmp_path):
     (hidden / "keras_hub" / "__init__.py").write_text("raise ImportError('keras_hub is hidden by this test')\n")
     environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))}
     runs = tmp_path / "runs"
-    result = run_kcv(
-        "fit",
-        DIGITS_RECIPE,
-        "--smoke",
-        "--runs-dir",
-        runs,
-        *sets("model.backbone=hub:resnet_18_imagenet"),
-        env=environment,
-    )
+    result = fit_with_a_hub_preset_name(runs, environment)
     assert_one_line_error(result, "needs KerasHub", 'pip install -e ".[hub]"')
     assert not runs.exists() or not any(runs.iterdir())

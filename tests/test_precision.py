@@ -60,7 +60,7 @@ def test_mixed_precision_trains_and_reloads_with_its_policy(tmp_path, policy):
     assert keras.backend.standardize_dtype(model(images[:2]).dtype) == "float32"
 
     model.save(tmp_path / "model.keras")
-    ModelDirectory(
+    directory = ModelDirectory(
         path=tmp_path,
         kind="run",
         class_names=("a", "b", "c"),
@@ -68,17 +68,10 @@ def test_mixed_precision_trains_and_reloads_with_its_policy(tmp_path, policy):
         channels=1,
         precision=policy,
         backend=BACKEND,
-    ).write()
+    )
+    directory.write()
     set_precision("float32")  # A fresh process: the policy comes from model.json, not from here.
-    reloaded = ModelDirectory(
-        path=tmp_path,
-        kind="run",
-        class_names=("a", "b", "c"),
-        image_size=(8, 8),
-        channels=1,
-        precision=policy,
-        backend=BACKEND,
-    ).load_model()
+    reloaded = directory.load_model()
     assert reloaded.get_layer("convolution").dtype_policy.name == policy
     assert isinstance(reloaded.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
     for original, restored in zip(model.get_weights(), reloaded.get_weights()):
