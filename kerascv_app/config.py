@@ -214,6 +214,13 @@ class TrainConfig(_Section):
     epochs: int = 10
     optimizer: str = "sgd"  # sgd | adamw
     learning_rate: float = 0.01  # peak rate, per batch of data.batch_size images
+    # The batch size learning_rate and fine_tune_learning_rate were tuned for. A run whose
+    # data.batch_size differs scales both by data.batch_size / learning_rate_batch_size (the
+    # linear scaling rule for SGD on a batch's mean loss): a recipe tuned at 1024 images a step
+    # and run with --set data.batch_size=64 would otherwise take steps 16 times too long for its
+    # batches, and can end on the edge of divergence, predicting one class. 0: the rates are
+    # used as given, whatever the batch size. environment.json records the rate used.
+    learning_rate_batch_size: int = 0
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = (
@@ -295,6 +302,12 @@ class TrainConfig(_Section):
         _check(self.epochs > 0, "train.epochs", self.epochs, "a positive integer")
         _check(self.optimizer in ("sgd", "adamw"), "train.optimizer", self.optimizer, "'sgd' or 'adamw'")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "a positive rate")
+        _check(
+            self.learning_rate_batch_size >= 0,
+            "train.learning_rate_batch_size",
+            self.learning_rate_batch_size,
+            "a batch size (0: the rates are not scaled)",
+        )
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a value in [0, 1)")
         _check(self.weight_decay >= 0.0, "train.weight_decay", self.weight_decay, "a non-negative factor")
         _check(
@@ -501,6 +514,35 @@ class Config:
             value = _parse_text(text.strip(), _field_type(section_type, field_name), key)
             sections[section_name] = dataclasses.replace(sections[section_name], **{field_name: value})
         return dataclasses.replace(self, **sections)
+
+    def with_learning_rates_for_batch_size(self) -> Config:
+        """The config training uses: train.learning_rate and fine_tune_learning_rate scaled from
+        train.learning_rate_batch_size to data.batch_size (unchanged when it is 0 or equal)."""
+        tuned_for = self.train.learning_rate_batch_size
+        if not tuned_for or tuned_for == self.data.batch_size:
+            return self
+        factor = self.data.batch_size / tuned_for
+        return dataclasses.replace(
+            self,
+            train=dataclasses.replace(
+                self.train,
+                learning_rate=self.train.learning_rate * factor,
+                fine_tune_learning_rate=self.train.fine_tune_learning_rate * factor,
+                learning_rate_batch_size=self.data.batch_size,
+            ),
+        )
+
+    def learning_rate_scaling_line(self) -> str | None:
+        """Said at the start of a run whose rates are scaled to its batch size, so that a rate
+        set with --set is not taken for the one used."""
+        tuned_for = self.train.learning_rate_batch_size
+        if not tuned_for or tuned_for == self.data.batch_size:
+            return None
+        used = self.with_learning_rates_for_batch_size().train.learning_rate
+        return (
+            f"learning rate: {used:.6g}, scaled from train.learning_rate = {self.train.learning_rate:g} for "
+            f"{tuned_for} images a step (train.learning_rate_batch_size) to data.batch_size = {self.data.batch_size}"
+        )
 
     def smoke(self) -> Config:
         """The same experiment shrunk to a few hundred images and one epoch."""

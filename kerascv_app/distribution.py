@@ -214,9 +214,10 @@ class Distribution:
         return dataset
 
     def training_config(self, config: Config) -> Config:
-        """The config training uses: the recipe's, with train.scale_batch_with_replicas applied,
+        """The config training uses: the recipe's, with its rates scaled to its batch size
+        (train.learning_rate_batch_size) and train.scale_batch_with_replicas applied,
         checked against this engine before anything is written."""
-        config = scale_for_replicas(config, self.replicas)
+        config = scale_for_replicas(config.with_learning_rates_for_batch_size(), self.replicas)
         if self.name == "data_parallel" and config.data.batch_size % self.replicas:
             raise UserError(
                 f"data.batch_size = {config.data.batch_size} does not split "

@@ -68,6 +68,8 @@ def get_config() -> Config:
             epochs=EPOCHS,
             optimizer="sgd",
             learning_rate=LEARNING_RATE,
+            # The rate is for BATCH_SIZE: with --set data.batch_size=N it is scaled by N / 1024.
+            learning_rate_batch_size=BATCH_SIZE,
             momentum=MOMENTUM,
             nesterov=True,
             weight_decay=WEIGHT_DECAY,

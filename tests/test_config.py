@@ -55,11 +55,31 @@ def test_json_round_trip():
         (lambda: DataConfig(channels=2), "data.channels"),
         (lambda: DataConfig(val_fraction=1.5), "data.val_fraction"),
         (lambda: TrainConfig(precision="float16"), "train.precision"),
+        (lambda: TrainConfig(learning_rate_batch_size=-64), "train.learning_rate_batch_size"),
     ],
 )
 def test_invalid_values_are_refused_by_name(make, fragment):
     with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
         make()
+
+
+def test_rates_tuned_for_one_batch_size_are_scaled_linearly_to_the_run_s():
+    tuned = Config(
+        data=DataConfig(batch_size=1024),
+        train=TrainConfig(learning_rate=1.5, fine_tune_learning_rate=0.01, learning_rate_batch_size=1024),
+    )
+    assert tuned.with_learning_rates_for_batch_size() == tuned
+    smaller = tuned.with_overrides(["data.batch_size=128"]).with_learning_rates_for_batch_size()
+    assert smaller.train.learning_rate == pytest.approx(0.1875)
+    assert smaller.train.fine_tune_learning_rate == pytest.approx(0.00125)
+    assert "learning rate: 0.1875, scaled from train.learning_rate = 1.5 for 1024" in (
+        tuned.with_overrides(["data.batch_size=128"]).learning_rate_scaling_line()
+    )
+    assert tuned.learning_rate_scaling_line() is None
+    # Applying it again (a resume recomputes the training config) changes nothing.
+    assert smaller.with_learning_rates_for_batch_size() == smaller
+    unscaled = Config(data=DataConfig(batch_size=64), train=TrainConfig(learning_rate=1.5))
+    assert unscaled.with_learning_rates_for_batch_size() == unscaled
 
 
 def test_smoke_shrinks_the_run():

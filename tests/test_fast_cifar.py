@@ -372,12 +372,12 @@ def image_source(tmp_path_factory) -> str:
 def short_run_arguments(image_source: str, runs_dir: Path) -> list[str]:
     """512 training images, 500 test images, a quarter-width net, 4 epochs of 8 steps.
 
-    The recipe's learning rate (1.5) is for batches of 1024: at 128 it is 8 times too high
-    (96 for the BatchNorm biases), the net ends on the edge of divergence with BatchNorm
-    moving variances tens of times off the activations', and its evaluation predicts one or
-    two classes (0.1 or 0.2 accuracy) depending on rounding. Scaled with the batch: 0.1 at 64.
-    On the CIFAR-10 JPEG copy (jax): loss 2.311 -> 2.200, train accuracy 0.09 -> 0.27, test
-    accuracy with TTA 0.218; at batch 128 (4 steps an epoch) the loss fell only 0.094.
+    The recipe's learning rate (1.5) is for batches of 1024 (train.learning_rate_batch_size):
+    the run scales it to 0.09375 at 64. Unscaled, at 128 it was 8 times too high (96 for the
+    BatchNorm biases): the net ended on the edge of divergence with BatchNorm moving variances
+    tens of times off the activations', and its evaluation predicted one or two classes (0.1 or
+    0.2 accuracy) depending on rounding. On the CIFAR-10 JPEG copy (jax), at 0.1: loss
+    2.311 -> 2.200, train accuracy 0.09 -> 0.27, test accuracy with TTA 0.218.
     """
     return [
         "fit",
@@ -395,8 +395,6 @@ def short_run_arguments(image_source: str, runs_dir: Path) -> list[str]:
         "data.max_eval=500",
         "--set",
         "data.batch_size=64",
-        "--set",
-        "train.learning_rate=0.1",
         "--set",
         "model.width=16",
         "--set",
@@ -434,6 +432,8 @@ def test_a_short_cpu_run_learns_and_tta_evaluation_agrees(tmp_path, image_source
     assert status["status"] == "finished" and status["test_tta_accuracy"] == metrics["test_tta"]["accuracy"]
     environment = json.loads((run_dir / "environment.json").read_text())
     assert environment["loop"] == "fast"
+    # The recipe's rate for 1024 images a step, scaled to this run's 64.
+    assert environment["learning_rate"] == pytest.approx(1.5 * 64 / 1024, rel=1e-3)
     # The run lock was held by the training process (kcv fit --resume refuses while it lives).
     assert (run_dir / "lock").read_text().split() == [str(status["pid"]), status["host"]]
     # report.html is this run's: its class names and test accuracy (as kcv fit writes it).

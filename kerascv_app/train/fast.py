@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 
 import keras
@@ -91,9 +92,14 @@ def fit_fast(
     model = create_model(
         dataclasses.replace(config, augment=dataclasses.replace(config.augment, ops=())), prepared.num_classes
     )
-    trainer = FastTrainer(model, config, arrays, augmentation, show_progress)
+    # The recipe's config is what config.json records; training uses its rates scaled to the
+    # batch size (train.learning_rate_batch_size), recorded in environment.json.
+    training_config = config.with_learning_rates_for_batch_size()
+    if show_progress and config.learning_rate_scaling_line():
+        print(config.learning_rate_scaling_line(), file=sys.stderr, flush=True)
+    trainer = FastTrainer(model, training_config, arrays, augmentation, show_progress)
 
-    environment = fast_environment(config, backend, prepared, data_dir)
+    environment = fast_environment(training_config, backend, prepared, data_dir)
     with started_run(runs_dir, config, recipe_source, backend, environment, prepared) as run:
         result = trainer.run()
         finish_fast_run(run, trainer, prepared, result, data_seconds, wall_start)
@@ -381,5 +387,5 @@ def fast_environment(config: Config, backend: str, prepared: PreparedData, data_
         backend_module.devices(),
         prepared,
         data_dir,
-        {"loop": "fast", "distribution": "none", "replicas": 1},
+        {"loop": "fast", "distribution": "none", "replicas": 1, "learning_rate": config.train.learning_rate},
     )

@@ -47,6 +47,8 @@ def fit(
     prepared = prepare_data(config, data_dir)
     if show_progress:
         _say(prepared.cache.line())
+        if config.learning_rate_scaling_line():
+            _say(config.learning_rate_scaling_line())
     # config.json keeps the recipe's config; training uses its batch and rate for the replicas.
     training_config = distribution.training_config(config)
     # Building once before the run directory exists refuses bad model options early.
