@@ -5,17 +5,19 @@ The run is the one tests/test_fast_cifar.py trains (512 CIFAR-10 training images
 images, a quarter-width airbench net, 4 epochs). The recipe's rate (1.5) is tuned for 1,024
 images a step; a smaller batch with the rate unscaled takes steps many times too long for its
 size, and the net can end on the edge of divergence, its evaluation predicting one or two
-classes. Each seed runs three ways, each its own `kcv fit` process:
+classes. Each seed runs five ways (--ways picks some), each its own `kcv fit` process:
 
     unscaled 128   data.batch_size=128, train.learning_rate_batch_size=0 (1.5 as given)
     scaled 128     data.batch_size=128 (1.5 x 128 / 1024 = 0.1875)
     scaled 64      data.batch_size=64 (0.09375), as the test runs it
+    unscaled 32    data.batch_size=32, 1.5 as given: 32 times too long a step
+    scaled 32      data.batch_size=32 (0.046875)
 
 and the summary prints, per way, the test accuracy with test-time augmentation per seed, and
 how many runs are degenerate (at most 0.12: chance is 0.1) or not finite (the run fails).
 
     python bench/fast_loop_batch_scaling.py --data PATH/cifar10-jpeg.tar.gz [--seeds 0 1 2 3]
-        [--backend jax]
+        [--backend jax] [--ways "unscaled 32" "scaled 32"]
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ WAYS = {
     "unscaled 128": ["data.batch_size=128", "train.learning_rate_batch_size=0"],
     "scaled 128": ["data.batch_size=128"],
     "scaled 64": ["data.batch_size=64"],
+    "unscaled 32": ["data.batch_size=32", "train.learning_rate_batch_size=0"],
+    "scaled 32": ["data.batch_size=32"],
 }
 
 
@@ -51,12 +55,17 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the CIFAR-10 JPEG copy (a .tar.gz or its folder)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--backend", default="jax")
+    parser.add_argument("--ways", nargs="+", default=list(WAYS), help=f"among: {', '.join(WAYS)}")
     arguments = parser.parse_args()
 
-    results: dict[str, list[float | None]] = {way: [] for way in WAYS}
+    unknown = sorted(set(arguments.ways) - set(WAYS))
+    if unknown:
+        parser.error(f"--ways {unknown}: expected among {list(WAYS)}")
+    ways = {way: WAYS[way] for way in arguments.ways}
+    results: dict[str, list[float | None]] = {way: [] for way in ways}
     with tempfile.TemporaryDirectory() as runs_root:
         for seed in arguments.seeds:
-            for way, settings in WAYS.items():
+            for way, settings in ways.items():
                 accuracy = one_run(arguments, seed, settings, Path(runs_root) / f"{way.replace(' ', '_')}-{seed}")
                 results[way].append(accuracy)
                 shown = "not finite (run failed)" if accuracy is None else f"{accuracy:.3f}"
